@@ -1,0 +1,1 @@
+"""Device, precision, seeding, distributed and checkpoint helpers shared by every stage."""
