@@ -57,7 +57,9 @@ def version_command() -> None:
 
     from mrict import __version__
 
-    typer.echo(f"mrict {__version__}, torch {torch.__version__}, Python {platform.python_version()}")
+    typer.echo(
+        f"mrict {__version__}, torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 @app.callback()

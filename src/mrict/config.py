@@ -49,7 +49,16 @@ def _coerce(value: Any, annotation: Any, name: str, source: str) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        if isinstance(value, str) and value.lower() in {
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        }:
             return value.lower() in {"true", "1", "yes", "on"}
         raise MrictError(f"option {name!r}: expected true/false, got {value!r}", source)
     if annotation in (int, float, str):
@@ -84,7 +93,9 @@ def resolve_config(
         for key, value in update.items():
             key = key.replace("-", "_")
             if key not in fields:
-                raise MrictError(f"unknown option {key!r} (known: {', '.join(sorted(fields))})", source)
+                raise MrictError(
+                    f"unknown option {key!r} (known: {', '.join(sorted(fields))})", source
+                )
             values[key] = _coerce(value, hints[key], key, source)
 
     if preset is not None:
@@ -99,7 +110,9 @@ def resolve_config(
         except FileNotFoundError as exc:
             raise MrictError("config file not found", path) from exc
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise MrictError(f"config file is not valid YAML ({exc.__class__.__name__})", path) from exc
+            raise MrictError(
+                f"config file is not valid YAML ({exc.__class__.__name__})", path
+            ) from exc
         if not isinstance(loaded, dict):
             raise MrictError("config file must hold a mapping of option: value", path)
         apply(loaded, str(path))

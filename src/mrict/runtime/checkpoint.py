@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
-from safetensors import SafetensorsError
 from safetensors.torch import load_file, save_file
 
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path, atomic_write_text
 
 FORMAT = "mrict-checkpoint/1"
+_SAFETENSORS_ERROR = getattr(safetensors, "SafetensorError", ValueError)
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -81,7 +82,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(stem: str | Path, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    stem: str | Path, state: dict[str, Any], meta: dict[str, Any] | None = None
+) -> Path:
     """Write ``stem.safetensors`` and ``stem.json`` atomically; return the JSON path.
 
     ``state`` is any nesting of dicts/lists/tuples of tensors, arrays and JSON scalars
@@ -133,10 +136,12 @@ def load_checkpoint(stem: str | Path, verify: bool = True) -> tuple[dict[str, An
     if weights.parent != sidecar.parent or not weights.is_file():
         raise MrictError("checkpoint weights file is missing", weights)
     if verify and _sha256(weights) != doc.get("sha256"):
-        raise MrictError("checkpoint weights do not match their sidecar (corrupt or replaced)", weights)
+        raise MrictError(
+            "checkpoint weights do not match their sidecar (corrupt or replaced)", weights
+        )
     try:
         tensors = load_file(str(weights))
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (_SAFETENSORS_ERROR, OSError, ValueError) as exc:
         raise MrictError(f"cannot read checkpoint weights ({exc})", weights) from exc
     try:
         state = _unflatten(doc["state"], tensors)
