@@ -1,0 +1,1 @@
+"""Reading, preparing and splitting MRI/CT slices (the data contract of mrict)."""
