@@ -10,7 +10,9 @@ from pathlib import Path
 from mrict.phantom.simulate import SimulationParams, _render_patient, simulate_dataset
 
 
-def bench_simulator(n_patients: int = 10, slices: int = 8, size: int = 256, fmt: str = "dicom") -> dict:
+def bench_simulator(
+    n_patients: int = 10, slices: int = 8, size: int = 256, fmt: str = "dicom"
+) -> dict:
     """Return rendering-only and end-to-end slices/second (an MR or CT image = one slice)."""
     params = SimulationParams(slices_per_patient=slices, size=size)
     _render_patient(params, "MR", 999)  # warm the atlas cache
@@ -23,8 +25,14 @@ def bench_simulator(n_patients: int = 10, slices: int = 8, size: int = 256, fmt:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         simulate_dataset(
-            Path(tmp) / "d", mri_patients=n_patients, ct_patients=n_patients, test_patients=0,
-            slices_per_patient=slices, size=size, fmt=fmt, progress=False,
+            Path(tmp) / "d",
+            mri_patients=n_patients,
+            ct_patients=n_patients,
+            test_patients=0,
+            slices_per_patient=slices,
+            size=size,
+            fmt=fmt,
+            progress=False,
         )
         e2e_s = time.perf_counter() - start
     return {

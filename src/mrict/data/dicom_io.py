@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,14 @@ from mrict.data.slice import MAX_DECODED_BYTES, MAX_SLICE_PIXELS, ImageSlice
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path
 
-# Tags copied from a source image into a derived one so it files next to its source.
+# Tags copied from a source image into a derived one so it files next to its source: the
+# patient and general-study attributes a CT/MR image must carry (type 1/2) plus the study
+# description. Nothing else (no private tags, institution, operator or device data).
 _PATIENT_STUDY_TAGS = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
     "PatientSex",
-    "PatientAge",
     "StudyInstanceUID",
     "StudyDate",
     "StudyTime",
@@ -50,6 +51,10 @@ _GEOMETRY_TAGS = (
 )
 
 
+# never turned into a user error: the user or the system asked the process to stop
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 def _int_tag(ds: Dataset, name: str, default: int) -> int:
     try:
         value = ds.get(name, default)
@@ -58,7 +63,7 @@ def _int_tag(ds: Dataset, name: str, default: int) -> int:
         return default
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
+def _rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
     """(slope, intercept) from the top level or the shared functional groups."""
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is None and "SharedFunctionalGroupsSequence" in ds:
@@ -71,7 +76,9 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
             intercept if intercept not in (None, "") else 0.0
         )
     except (TypeError, ValueError) as exc:
-        raise MrictError(f"invalid rescale slope/intercept ({slope!r}, {intercept!r})") from exc
+        raise MrictError(
+            f"invalid rescale slope/intercept ({str(slope)[:32]!r}, {str(intercept)[:32]!r})", path
+        ) from exc
 
 
 def _check_declared_size(ds: Dataset, path: Path) -> int:
@@ -89,6 +96,21 @@ def _check_declared_size(ds: Dataset, path: Path) -> int:
 
 
 def read_dicom(path: Path, modality: str | None = None) -> list[ImageSlice]:
+    """Read one DICOM file (see :func:`_read_dicom`); any failure is a one-line MrictError.
+
+    pydicom converts header elements lazily, so a corrupt element can raise almost any
+    exception type at first access; those become "corrupt DICOM" errors naming the file.
+    """
+    try:
+        return _read_dicom(path, modality)
+    except (MrictError, *_PASS_THROUGH):
+        raise
+    except BaseException as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise MrictError(f"corrupt DICOM ({type(exc).__name__}: {detail})", path) from exc
+
+
+def _read_dicom(path: Path, modality: str | None = None) -> list[ImageSlice]:
     """Read one DICOM file (single or multi-frame) into slices in native units.
 
     The rescale slope/intercept is applied, so CT comes out in HU. MONOCHROME1 images that
@@ -100,14 +122,19 @@ def read_dicom(path: Path, modality: str | None = None) -> list[ImageSlice]:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise MrictError("not a DICOM file (no DICM preamble)", path) from exc
-    except Exception as exc:  # truncated or corrupt headers raise many types
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # corrupt headers raise many types (decoders written in
+        # Rust raise PanicException, a BaseException)
         raise MrictError(f"corrupt or truncated DICOM ({type(exc).__name__})", path) from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise MrictError("DICOM file holds no pixel data", path)
     frames = _check_declared_size(ds, path)
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
         raise MrictError(
             f"cannot decode DICOM pixel data ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
             path,
@@ -125,7 +152,7 @@ def read_dicom(path: Path, modality: str | None = None) -> list[ImageSlice]:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[0] != frames:
         raise MrictError(f"unexpected DICOM pixel array shape {arr.shape}", path)
-    slope, intercept = _rescale(ds)
+    slope, intercept = _rescale(ds, path)
     dicom_modality = str(ds.get("Modality", modality or "")).upper()
     is_ct = (modality or dicom_modality) == "CT"
     data = arr.astype(np.float32)
@@ -187,6 +214,9 @@ def write_dicom(
     slice_thickness: float = 1.0,
     uid_entropy: Sequence[str] | None = None,
     derived: bool = True,
+    anonymize: bool = False,
+    anonymize_salt: str | None = None,
+    pseudonyms: Mapping[str, str] | None = None,
 ) -> Path:
     """Write one single-frame DICOM slice atomically; return its path.
 
@@ -195,7 +225,10 @@ def write_dicom(
     uint16, rounded and clipped to [0, 65535]). With ``reference`` (a source header) patient,
     study and geometry tags are copied so the result files next to its source; the SOP and
     Series UIDs are always new (deterministic when ``uid_entropy`` is given). ``derived``
-    sets ImageType DERIVED\\SECONDARY (ORIGINAL\\PRIMARY otherwise, e.g. simulated data).
+    sets ImageType DERIVED\\SECONDARY (ORIGINAL\\PRIMARY otherwise, e.g. simulated data)
+    and references the source instance (SourceImageSequence). ``anonymize`` de-identifies the
+    result with :func:`mrict.data.anonymize.anonymize_dataset` (``anonymize_salt`` and
+    ``pseudonyms``, a patient-id -> pseudonym mapping, are passed on).
     """
     path = Path(path)
     modality = modality.upper()
@@ -237,6 +270,11 @@ def write_dicom(
     ds.ImageType = ["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY", "AXIAL"]
     if description:
         ds.SeriesDescription = description[:64]
+    if derived and reference is not None and "SOPInstanceUID" in reference:
+        source = Dataset()
+        source.ReferencedSOPClassUID = reference.get("SOPClassUID", sop_class)
+        source.ReferencedSOPInstanceUID = reference.SOPInstanceUID
+        ds.SourceImageSequence = [source]
     if "InstanceNumber" not in ds:
         ds.InstanceNumber = slice_index + 1
     if "PixelSpacing" not in ds:
@@ -261,6 +299,12 @@ def write_dicom(
     else:
         stored = np.clip(np.rint(pixels), 0, 65535).astype(np.uint16)
     ds.PixelData = stored.tobytes()
+    if anonymize:
+        from mrict.data.anonymize import anonymize_dataset
+
+        anonymize_dataset(ds, salt=anonymize_salt, mapping=pseudonyms)
+    if derived:
+        ds.DerivationDescription = (description or "derived by mrict")[:1024]
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path

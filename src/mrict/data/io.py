@@ -4,7 +4,7 @@ the format of their source (DICOM, NIfTI, PNG/TIFF/JPEG)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,9 @@ def write_like(
     modality: str,
     description: str,
     uid_entropy: Sequence[str] | None = None,
+    anonymize: bool = False,
+    anonymize_salt: str | None = None,
+    pseudonyms: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write ``arrays`` (each (H, W), native units of ``modality``: HU for CT) in the format
     of the ``slices`` they were computed from, into ``out_dir`` under the source file names.
@@ -122,7 +125,9 @@ def write_like(
     description as SeriesDescription, patient/study tags from the source). NIfTI: one volume
     per source volume with the source affine and orientation (every slice of that volume
     must be given). PNG/TIFF/JPEG: the source bit depth. Arrays must have the source slice
-    size (resize back before calling). Returns the written paths.
+    size (resize back before calling). ``anonymize`` (DICOM only) de-identifies every written
+    file (see :func:`mrict.data.anonymize.anonymize_dataset`); NIfTI and raster outputs
+    carry no patient tags, but keep the source file names. Returns the written paths.
     """
     if len(slices) != len(arrays):
         raise ValueError("slices and arrays differ in length")
@@ -158,6 +163,9 @@ def write_like(
                         uid_entropy=None
                         if uid_entropy is None
                         else [*uid_entropy, str(source.name), str(s.index)],
+                        anonymize=anonymize,
+                        anonymize_salt=anonymize_salt,
+                        pseudonyms=pseudonyms,
                     )
                 )
         elif first.fmt == "nifti":

@@ -3,6 +3,7 @@ original affine and orientation."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,18 @@ def _axial_to_image(axial: np.ndarray) -> np.ndarray:
 
 def _image_to_axial(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[::-1].T)
+
+
+def _orientation(affine: np.ndarray, path: Path) -> np.ndarray:
+    """Axis orientation of ``affine``; MrictError when it is not finite or degenerate."""
+    if not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        raise MrictError("NIfTI header has an invalid (non-finite or degenerate) affine", path)
+    try:
+        ornt = io_orientation(affine)
+        ornt_transform(ornt, _RAS)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise MrictError(f"NIfTI header has an unusable affine ({exc})", path) from exc
+    return ornt
 
 
 def read_nifti(path: Path, modality: str | None = None) -> list[ImageSlice]:
@@ -56,7 +69,7 @@ def read_nifti(path: Path, modality: str | None = None) -> list[ImageSlice]:
     if not np.isfinite(data).all():
         raise MrictError("NIfTI voxels contain NaN or Inf", path)
     affine = np.asarray(img.affine, dtype=np.float64)
-    ornt = io_orientation(affine)
+    ornt = _orientation(affine, path)
     data = apply_orientation(data, ornt_transform(ornt, _RAS))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     meta: dict[str, Any] = {
@@ -102,9 +115,11 @@ def write_nifti(
         ras = np.clip(np.rint(ras), info.min, info.max)
     image = nib.Nifti1Image(ras.astype(np_dtype), np.asarray(affine, dtype=np.float64))
     image.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    with atomic_path(path) as tmp:
-        final = tmp.with_name(tmp.name + suffix)  # nibabel picks compression from the suffix
-        nib.save(image, str(final))
-        final.replace(tmp)
+    with atomic_path(path) as tmp:  # streamed into the temp file itself: no second name
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(tmp, "wb", compresslevel=1, mtime=0) as fh:
+                image.to_stream(fh)
+        else:
+            with tmp.open("wb") as fh:
+                image.to_stream(fh)
     return path

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mrict.data.intensity import HU_MAX, HU_MIN, PNG16_HU_OFFSET
 from mrict.data.patient_ids import patient_id_from_name
-from mrict.data.slice import MAX_SLICE_PIXELS, ImageSlice
+from mrict.data.slice import MAX_DECODED_BYTES, MAX_SLICE_PIXELS, ImageSlice
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path
 
@@ -60,9 +60,13 @@ def read_raster(path: Path, modality: str | None = None) -> list[ImageSlice]:
     try:
         if fmt == "tiff":
             with tifffile.TiffFile(path) as tif:
+                total = 0
                 for page in tif.pages:
                     if int(np.prod(page.shape[:2])) > MAX_SLICE_PIXELS:
                         raise MrictError(f"TIFF page too large {page.shape}", path)
+                    total += int(np.prod(page.shape)) * page.dtype.itemsize
+                    if total > MAX_DECODED_BYTES:
+                        raise MrictError("TIFF pixel data too large", path)
                 arr = tif.asarray()
             if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
                 pages = [arr]
@@ -72,6 +76,11 @@ def read_raster(path: Path, modality: str | None = None) -> list[ImageSlice]:
                 raise MrictError(f"unsupported TIFF shape {arr.shape}", path)
         else:
             with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_SLICE_PIXELS:
+                    raise MrictError(f"image too large ({height} x {width} pixels)", path)
+                if width <= 0 or height <= 0:
+                    raise MrictError(f"image is empty ({height} x {width} pixels)", path)
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L"):
                     pages = [np.array(im, dtype=np.uint16)]

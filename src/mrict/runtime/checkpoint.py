@@ -95,16 +95,32 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     tree = _flatten(state, "", tensors)
     weights = stem.with_name(stem.name + ".safetensors")
-    with atomic_path(weights) as tmp:
+    staged = stem.with_name(stem.name + ".next.safetensors")
+    sidecar = stem.with_name(stem.name + ".json")
+    # Crash-safe replacement of an existing checkpoint (the JSON is the commit point):
+    # 1. new weights -> NAME.next.safetensors; 2. JSON -> points at them (commit);
+    # 3. rename them to NAME.safetensors; 4. JSON -> points at NAME.safetensors.
+    # A kill between any two steps leaves a JSON whose weights exist and match (the loader
+    # also accepts NAME.safetensors when the staged file was already renamed).
+    with atomic_path(staged) as tmp:
         save_file(tensors, str(tmp))
     doc = {
         "format": FORMAT,
-        "weights": weights.name,
-        "sha256": _sha256(weights),
+        "weights": staged.name,
+        "sha256": _sha256(staged),
         "meta": meta or {},
         "state": tree,
     }
-    sidecar = stem.with_name(stem.name + ".json")
+    try:
+        atomic_write_text(sidecar, json.dumps(doc, indent=1))
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    try:
+        staged.replace(weights)
+    except OSError as exc:
+        raise MrictError(f"cannot write checkpoint ({exc.strerror})", weights) from exc
+    doc["weights"] = weights.name
     atomic_write_text(sidecar, json.dumps(doc, indent=1))
     return sidecar
 
@@ -132,7 +148,13 @@ def load_checkpoint(stem: str | Path, verify: bool = True) -> tuple[dict[str, An
         raise MrictError(f"checkpoint sidecar is not valid JSON ({exc})", sidecar) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise MrictError(f"not an mrict checkpoint (expected format {FORMAT})", sidecar)
-    weights = sidecar.with_name(str(doc.get("weights", "")))
+    name = str(doc.get("weights", ""))
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise MrictError(f"checkpoint names an invalid weights file {name!r} (missing)", sidecar)
+    weights = sidecar.with_name(name)
+    canonical = stem.with_name(stem.name + ".safetensors")
+    if not weights.is_file() and canonical.is_file() and _sha256(canonical) == doc.get("sha256"):
+        weights = canonical  # interrupted between renaming the staged weights and the JSON
     if weights.parent != sidecar.parent or not weights.is_file():
         raise MrictError("checkpoint weights file is missing", weights)
     if verify and _sha256(weights) != doc.get("sha256"):
@@ -147,6 +169,12 @@ def load_checkpoint(stem: str | Path, verify: bool = True) -> tuple[dict[str, An
         state = _unflatten(doc["state"], tensors)
     except KeyError as exc:
         raise MrictError(f"checkpoint is inconsistent: missing tensor {exc}", weights) from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise MrictError(f"checkpoint sidecar structure is invalid ({exc})", sidecar) from exc
+    if not isinstance(state, dict):
+        raise MrictError(
+            "checkpoint sidecar structure is invalid (state is not a mapping)", sidecar
+        )
     return state, doc.get("meta", {})
 
 
@@ -166,3 +194,63 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], n
                 f"{tuple(state[key].shape)}, model expects {tuple(tensor.shape)}"
             )
     module.load_state_dict(state)
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+
+
+def load_weights(
+    path: str | Path, *, allow_pickle: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights from an mrict checkpoint, or (explicit opt-in) a legacy PyTorch file.
+
+    ``path`` is a checkpoint stem/``.json``/``.safetensors`` (read with
+    :func:`load_checkpoint`), or a ``.pt``/``.pth``/``.ckpt`` file, which is refused unless
+    ``allow_pickle`` is true; even then it is read with ``torch.load(weights_only=True)``,
+    whose restricted unpickler refuses every callable that is not a tensor type, so a
+    malicious pickle is reported, never executed. Returns ``(state, meta)``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return load_checkpoint(path)
+    if not allow_pickle:
+        raise MrictError(
+            "refusing to load a pickle-based model file (it could run code); convert it to "
+            "safetensors, or pass the explicit legacy-weights option to read it with "
+            "torch.load(weights_only=True)",
+            path,
+        )
+    if not path.is_file():
+        raise MrictError("model file not found", path)
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "unsafe content"
+        raise MrictError(f"refusing unsafe content in legacy model file ({first})", path) from exc
+    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        raise MrictError(f"cannot read legacy model file ({type(exc).__name__})", path) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise MrictError(f"legacy model file holds a {type(obj).__name__}, not a state dict", path)
+    return obj, {}
+
+
+def check_config(
+    saved: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...], source: str | Path
+) -> None:
+    """Refuse a checkpoint whose architecture settings ``keys`` differ from ``current``.
+
+    Run before building/loading so the message names the setting, not a tensor shape.
+    """
+    diffs = [
+        f"{k}={saved[k]!r} (now {current.get(k)!r})"
+        for k in keys
+        if k in saved and saved[k] != current.get(k)
+    ]
+    if diffs:
+        raise MrictError(
+            "checkpoint was made with different model settings: " + ", ".join(diffs), source
+        )

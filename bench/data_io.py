@@ -1,0 +1,130 @@
+"""Data: simulator slices/s and reading DICOM slices cold (evicted from the page cache)
+and warm, file by file and through ``load_modality`` (read + normalise + resize)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import Result, Settings
+from bench.simulator_speed import bench_simulator
+
+
+def evict(paths: list[Path]) -> bool:
+    """Ask the kernel to drop these files from the page cache (no root needed for clean
+    pages); False where the platform cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    os.sync()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def run(s: Settings) -> Result:
+    from mrict.data.datasets import load_modality
+    from mrict.data.io import read_slices, write_dicom
+
+    res = Result("data", "Data: simulator and DICOM reading")
+    if s.tiny:
+        sim = {"n_patients": 1, "slices": 2, "size": 64}
+        n_slices, size = 20, 64
+    elif s.quick:
+        sim = {"n_patients": 2, "slices": 8, "size": 256}
+        n_slices, size = 200, 256
+    else:
+        sim = {"n_patients": 5, "slices": 8, "size": 256}
+        n_slices, size = 1000, 256
+    r = bench_simulator(**sim)
+    res.rows.append(
+        {
+            "what": f"simulator render only ({r['size']} px)",
+            "slices": r["slices"],
+            "slices/s": r["render_slices_per_s"],
+        }
+    )
+    res.rows.append(
+        {
+            "what": "simulator end to end (render + DICOM files)",
+            "slices": r["slices"],
+            "slices/s": r["end_to_end_dicom_slices_per_s"],
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="mrict-bench-") as tmp:
+        root = Path(tmp) / "data"
+        img_dir = root / "CT" / "image_CT"
+        img_dir.mkdir(parents=True)
+        rng = np.random.default_rng(s.seed)
+        files = []
+        per_patient = 20
+        for i in range(n_slices):
+            hu = rng.uniform(-1024, 2000, (size, size)).astype(np.float32)
+            path = img_dir / f"P{i // per_patient:03d}_{i % per_patient:03d}.dcm"
+            write_dicom(
+                path,
+                hu,
+                modality="CT",
+                patient_id=f"P{i // per_patient:03d}",
+                slice_index=i % per_patient,
+            )
+            files.append(path)
+        cold_ok = evict(files)
+        t0 = time.perf_counter()
+        for f in files:
+            read_slices(f, "CT")
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for f in files:
+            read_slices(f, "CT")
+        warm = time.perf_counter() - t0
+        evict(files)
+        t0 = time.perf_counter()
+        load_modality(root, "CT", size=size, progress=False)
+        prep_cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        load_modality(root, "CT", size=size, progress=False)
+        prep_warm = time.perf_counter() - t0
+    cold_label = "cold (evicted from page cache)" if cold_ok else "first read (no eviction)"
+    res.rows += [
+        {
+            "what": f"read_slices, DICOM {size} px, {cold_label}",
+            "slices": n_slices,
+            "slices/s": n_slices / cold,
+        },
+        {
+            "what": f"read_slices, DICOM {size} px, warm page cache",
+            "slices": n_slices,
+            "slices/s": n_slices / warm,
+        },
+        {
+            "what": f"load_modality (read + normalise + resize), {cold_label}",
+            "slices": n_slices,
+            "slices/s": n_slices / prep_cold,
+        },
+        {
+            "what": "load_modality, warm page cache",
+            "slices": n_slices,
+            "slices/s": n_slices / prep_warm,
+        },
+    ]
+    res.values = {
+        "simulator": r,
+        "read_cold_s": cold,
+        "read_warm_s": warm,
+        "load_cold_s": prep_cold,
+        "load_warm_s": prep_warm,
+        "n_slices": n_slices,
+    }
+    res.notes.append(
+        "mrict has no on-disk cache of prepared slices: every run reads and prepares the files "
+        "(the trainers then hold them in memory); 'warm' is the OS page cache."
+    )
+    return res

@@ -1,0 +1,128 @@
+"""Inference: slices/s of the paper generator (ngf 64, 9 blocks) at 256x256, through
+mrict's translate path end to end from DICOM files and model-only, against a plain fp32
+eager reference (the same network, ``torch.no_grad``, same batch size)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import Result, Settings, interleaved, median, time_call
+
+
+def _make_run(run_dir: Path, ngf: int, n_blocks: int, size: int, seed: int) -> None:
+    """A run folder holding freshly initialised generators (speed does not depend on the
+    weights), in the format ``load_generators`` reads."""
+    from mrict.translation.config import GanConfig
+    from mrict.translation.networks import build_models
+    from mrict.translation.trainer import save_generators
+
+    torch.manual_seed(seed)
+    gens, _ = build_models(ngf, n_blocks, 8, 1)
+    cfg = GanConfig(image_size=size, ngf=ngf, n_blocks=n_blocks)
+    run_dir.mkdir(parents=True)
+    save_generators(gens, run_dir, cfg, {"histograms": {}})
+
+
+def run(s: Settings) -> Result:
+    from mrict.translation.translate import load_generators, translate_array, translate_path
+
+    res = Result("inference", "Inference: paper generator, slices/s")
+    if s.tiny:
+        size, ngf, blocks, n_files, rounds = 32, 4, 1, 4, 2
+    elif s.quick:
+        size, ngf, blocks, n_files, rounds = 128, 64, 9, 8, 2
+    else:
+        size, ngf, blocks, n_files, rounds = 256, 64, 9, 32, 3
+    batch = 8
+    with tempfile.TemporaryDirectory(prefix="mrict-bench-") as tmp:
+        tmp_p = Path(tmp)
+        run_dir = tmp_p / "run"
+        _make_run(run_dir, ngf, blocks, size, s.seed)
+        from mrict.data.io import write_dicom
+
+        src = tmp_p / "mr"
+        src.mkdir()
+        rng = np.random.default_rng(s.seed)
+        for i in range(n_files):
+            write_dicom(
+                src / f"P001_{i:03d}.dcm",
+                rng.uniform(0, 1000, (size, size)).astype(np.float32),
+                modality="MR",
+                patient_id="P001",
+                slice_index=i,
+            )
+        # end to end: read files, normalise, translate, write DICOM (mrict's translate path)
+        e2e = []
+        for r in range(rounds):
+            out = tmp_p / f"out{r}"
+            e2e.append(
+                time_call(
+                    lambda out=out: translate_path(
+                        run_dir,
+                        src,
+                        out,
+                        "mr2ct",
+                        batch_size=batch,
+                        device=s.device,
+                        progress=False,
+                    ),
+                    s.device,
+                )
+            )
+        # model only: mrict's translate_array vs the plain reference on the same network
+        gen = load_generators(run_dir, s.device)["mr2ct"]
+        images = rng.uniform(-1, 1, (n_files, size, size)).astype(np.float32)
+        plain = load_generators(run_dir, s.device)["mr2ct"].float().eval()
+
+        def reference() -> None:
+            with torch.no_grad():
+                for i in range(0, n_files, batch):
+                    x = torch.from_numpy(images[i : i + batch])[:, None].to(s.device)
+                    plain(x).cpu()
+
+        times = interleaved(
+            {"mrict": lambda: translate_array(gen, images, batch), "reference": reference},
+            steps=rounds,
+            warmup=1,
+            device=s.device,
+        )
+    t_e2e = median(e2e[1:] if len(e2e) > 1 else e2e)
+    t_m, t_r = median(times["mrict"]), median(times["reference"])
+    res.rows = [
+        {
+            "path": "reference model-only (fp32 eager)",
+            "slices": n_files,
+            "slices/s": n_files / t_r,
+            "speed-up": 1.0,
+        },
+        {
+            "path": "mrict model-only (translate_array)",
+            "slices": n_files,
+            "slices/s": n_files / t_m,
+            "speed-up": t_r / t_m,
+        },
+        {
+            "path": "mrict end to end (translate_path, DICOM in/out)",
+            "slices": n_files,
+            "slices/s": n_files / t_e2e,
+            "speed-up": t_r / t_e2e,
+        },
+    ]
+    res.values = {
+        "reference_s": t_r,
+        "mrict_model_s": t_m,
+        "mrict_e2e_s": t_e2e,
+        "size": size,
+        "ngf": ngf,
+        "n_blocks": blocks,
+        "batch": batch,
+    }
+    res.notes.append(
+        f"{size}x{size}, ngf {ngf}, {blocks} blocks, batch {batch}; medians of {rounds} rounds "
+        "(model-only interleaved; end to end after one warm-up round)."
+    )
+    return res

@@ -1,0 +1,163 @@
+"""``mrict train-gan``, ``mrict translate``, ``mrict eval-translation``, ``mrict export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mrict.errors import MrictError
+
+
+def train_gan_command(
+    data: Path = typer.Argument(..., help="Data set folder (MR/image_MR and CT/image_CT)."),
+    out: Path = typer.Option(..., "--out", help="Run folder for checkpoints, logs and samples."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="quick (CPU demo) or paper. Default quick."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of config values."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Train for N epochs."),
+    iterations: int | None = typer.Option(None, "--iterations", help="Train for N steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    compile_: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the networks."
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="auto, fp32, bf16 or fp16 (GPU)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Train the CycleGAN (MRI <-> CT) on the unlabelled train split of both modalities.
+    Several GPUs or nodes: launch through ``torchrun`` with the same arguments."""
+    from mrict.config import resolve_config
+    from mrict.translation.config import GAN_PRESETS, GanConfig
+    from mrict.translation.trainer import train_cyclegan
+
+    if epochs is not None and iterations is not None:
+        raise MrictError("give either --epochs or --iterations, not both")
+    overrides = {
+        "seed": seed,
+        "compile": compile_,
+        "precision": precision,
+        "device": device,
+        "iterations": iterations,
+    }
+    if epochs is not None:
+        overrides.update(epochs=epochs, iterations=0)
+    saved = out / "config.yaml"
+    if resume and preset is None and config is None and saved.is_file():
+        cfg = resolve_config(GanConfig, None, None, saved, overrides)
+    else:
+        cfg = resolve_config(GanConfig, GAN_PRESETS, preset or "quick", config, overrides)
+    run = train_cyclegan(data, out, cfg, resume=resume)
+    from mrict.runtime.distributed import env_info
+
+    if env_info().is_main:
+        typer.echo(f"trained generators: {run / 'generators.safetensors'}")
+
+
+def translate_command(
+    run: Path = typer.Argument(..., help="Run folder of train-gan."),
+    input_path: Path = typer.Argument(..., help="Image file, folder of images, or data set."),
+    output: Path = typer.Argument(
+        ..., help="Output folder (created; inputs are never overwritten)."
+    ),
+    direction: str = typer.Option(..., "--direction", help="mr2ct or ct2mr."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Slices per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(
+        0, "--seed", help="Unused by inference (deterministic); kept for symmetry."
+    ),
+) -> None:
+    """Translate MRI to CT (HU) or CT to MRI, writing the input's format (DICOM, NIfTI, PNG);
+    masks of a data set are copied alongside."""
+    from mrict.translation.translate import check_direction, translate_path
+
+    check_direction(direction)
+    written = translate_path(
+        run, input_path, output, direction, batch_size=batch_size, device=device
+    )
+    typer.echo(f"wrote {len(written)} file(s) to {output}")
+
+
+def eval_translation_command(
+    run: Path = typer.Argument(..., help="Run folder of train-gan."),
+    data: Path = typer.Argument(..., help="Data set with paired_test/{MR,CT}, or a paired folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    seed: int = typer.Option(0, "--seed", help="Unused (evaluation is deterministic)."),
+) -> None:
+    """Score a run against ground truth (MAE HU, PSNR, SSIM; SynthRAD window) next to the
+    identity and histogram-matching baselines; unpaired data gives cycle/structure scores."""
+    from mrict.translation.evaluate import METHODS, evaluate_translation
+
+    result = evaluate_translation(run, data, batch_size=batch_size, device=device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    source = "final generators" if result["generators_from"] == "final" else "latest checkpoint"
+    console.print(f"run {result['run']}: {source}, iteration {result['iterations']}")
+    if "mr2ct" in result:
+        for direction, keys in (
+            ("mr2ct", ("mae_hu", "psnr", "ssim")),
+            ("ct2mr", ("mae", "psnr", "ssim")),
+        ):
+            label = (
+                "MR -> CT (HU window [-1024, 3000])"
+                if direction == "mr2ct"
+                else "CT -> MR (normalised)"
+            )
+            table = Table(title=f"{label}, {result['n_slices']} paired slices")
+            table.add_column("method")
+            for k in keys:
+                table.add_column(k)
+            for method in METHODS:
+                row = result[direction][method]
+                table.add_row(
+                    method, *(f"{row[k]:.4f}" if k != "mae_hu" else f"{row[k]:.1f}" for k in keys)
+                )
+            console.print(table)
+    table = Table(title="unpaired scores (consistency and structure, NOT fidelity)")
+    for col in ("direction", "cycle_psnr", "cycle_ssim", "mind_similarity", "edge_correlation"):
+        table.add_column(col)
+    for direction, row in result["unpaired_not_fidelity"].items():
+        table.add_row(
+            direction,
+            *(
+                f"{row[k]:.4f}"
+                for k in ("cycle_psnr", "cycle_ssim", "mind_similarity", "edge_correlation")
+            ),
+        )
+    console.print(table)
+
+
+def export_command(
+    run: Path = typer.Argument(..., help="Run folder of train-gan."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export both generators to ONNX."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN/onnx)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random parity-check inputs."),
+) -> None:
+    """Export the generators (ONNX) and check onnxruntime matches PyTorch."""
+    if not onnx:
+        raise MrictError("choose an export format: --onnx")
+    from mrict.translation.export import export_onnx
+
+    for name, info in export_onnx(run, out, seed=seed).items():
+        typer.echo(
+            f"{name}: {info['path']} (max |onnxruntime - torch| = {info['max_abs_diff']:.1e})"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the translation commands to ``app``."""
+    app.command("train-gan")(train_gan_command)
+    app.command("translate")(translate_command)
+    app.command("eval-translation")(eval_translation_command)
+    app.command("export")(export_command)

@@ -1,0 +1,1 @@
+"""Unpaired MRI <-> CT translation: CycleGAN networks, losses, training, inference, metrics."""

@@ -1,0 +1,153 @@
+"""CycleGAN networks: ResNet generator and 70x70 PatchGAN discriminator, N(0, 0.02) init."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with reflection padding and instance norm, plus the skip."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """(B, in_ch, H, W) in [-1, 1] -> (B, out_ch, H, W) in [-1, 1] (tanh); H, W divisible by 4.
+
+    7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks at ``4 * ngf``
+    channels, two transposed-convolution upsamplings, 7x7 head.
+    """
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9) -> None:
+        super().__init__()
+        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_ch, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(inplace=True),
+        ]
+        ch = ngf
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1),
+                nn.InstanceNorm2d(ch * 2),
+                nn.ReLU(inplace=True),
+            ]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                nn.InstanceNorm2d(ch // 2),
+                nn.ReLU(inplace=True),
+            ]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: (B, in_ch, H, W) -> (B, 1, H', W') real/fake scores per 70x70 patch
+    (``n_layers=3``); instance norm, LeakyReLU 0.2, no sigmoid (least-squares loss)."""
+
+    def __init__(self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        self.arch = {"in_ch": in_ch, "ndf": ndf, "n_layers": n_layers}
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2**n, 8)
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1),
+                nn.InstanceNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        layers += [
+            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1),
+            nn.InstanceNorm2d(ndf * mult),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """Convolutions ~ N(0, gain), biases 0 (the reference CycleGAN initialisation)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class CycleGenerators(nn.Module):
+    """Both generators; one forward computes every image the generator losses need, so
+    DistributedDataParallel sees a single forward per step."""
+
+    def __init__(self, ngf: int, n_blocks: int) -> None:
+        super().__init__()
+        self.mr2ct = ResnetGenerator(1, 1, ngf, n_blocks)
+        self.ct2mr = ResnetGenerator(1, 1, ngf, n_blocks)
+
+    def forward(
+        self, real_mr: torch.Tensor, real_ct: torch.Tensor, identity: bool = True
+    ) -> dict[str, torch.Tensor]:
+        fake_ct = self.mr2ct(real_mr)
+        fake_mr = self.ct2mr(real_ct)
+        out = {
+            "fake_ct": fake_ct,
+            "rec_mr": self.ct2mr(fake_ct),
+            "fake_mr": fake_mr,
+            "rec_ct": self.mr2ct(fake_mr),
+        }
+        if identity:
+            out["idt_ct"] = self.mr2ct(real_ct)
+            out["idt_mr"] = self.ct2mr(real_mr)
+        return out
+
+
+class CycleDiscriminators(nn.Module):
+    """Both discriminators: ``d_mr`` judges MR images, ``d_ct`` judges CT images."""
+
+    def __init__(self, ndf: int, n_layers: int) -> None:
+        super().__init__()
+        self.d_mr = PatchDiscriminator(1, ndf, n_layers)
+        self.d_ct = PatchDiscriminator(1, ndf, n_layers)
+
+    def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.d_mr(mr), self.d_ct(ct)
+
+
+def build_models(
+    ngf: int, n_blocks: int, ndf: int, n_layers_d: int
+) -> tuple[CycleGenerators, CycleDiscriminators]:
+    """Freshly initialised generators and discriminators (uses the global torch RNG)."""
+    gens = init_weights(CycleGenerators(ngf, n_blocks))
+    discs = init_weights(CycleDiscriminators(ndf, n_layers_d))
+    return gens, discs  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""Each benchmark runs on tiny sizes and produces well-formed results (never timed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import run_one, run_suite
+from bench.common import Settings
+
+TINY = Settings(tiny=True)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_cyclegan_benchmark_tiny():
+    r = run_one("cyclegan", TINY)
+    assert len(r.rows) == 1 and r.peak_rss_mb > 0
+    for row in r.rows:
+        assert _positive(row["reference s/step"]) and _positive(row["mrict s/step"])
+        assert row["speed-up"] == pytest.approx(row["reference s/step"] / row["mrict s/step"])
+        assert row["steps"] == 2 and _positive(row["conv GFLOP/step"])
+    assert _positive(r.values["peak_fp32_flops"]) and _positive(r.values["peak_bf16_flops"])
+
+
+def test_inference_and_segmentation_tiny():
+    inf = run_one("inference", TINY)
+    assert [row["slices"] for row in inf.rows] == [4, 4, 4]
+    assert all(_positive(row["slices/s"]) for row in inf.rows)
+    seg = run_one("segmentation", TINY)
+    assert len(seg.rows) == 2 and all(_positive(row["s/step"]) for row in seg.rows)
+
+
+def test_scaling_epochs_tiny():
+    import bench.scaling
+
+    r = bench.scaling.run(TINY, ddp=False)
+    images = [row["train images"] for row in r.rows]
+    assert len(images) == 3 and images[0] < images[1] < images[2]
+    assert all(_positive(row["s/epoch"]) for row in r.rows)
+
+
+@pytest.mark.slow
+def test_scaling_with_ddp_tiny():
+    r = run_one("scaling", TINY)
+    ddp = [row for row in r.rows if row["what"].startswith("DDP")]
+    assert len(ddp) >= 2 and all(_positive(row["images/s"]) for row in ddp)
+
+
+@pytest.mark.slow
+def test_quality_tiny():
+    r = run_one("quality", TINY)
+    assert len(r.rows) == 2 and all(math.isfinite(row["MR->CT MAE HU"]) for row in r.rows)
+
+
+def test_suite_isolated_writes_results(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# mrict benchmark results\n\nolder run\n")
+    results = run_suite(TINY, ["data"], out, isolate=True, note="test", echo=lambda m: None)
+    text = out.read_text()
+    assert text.startswith("# mrict benchmark results") and "older run" in text
+    assert "### Data: simulator and DICOM reading" in text and "- note: test" in text
+    assert results[0].peak_rss_mb > 0 and all(_positive(r["slices/s"]) for r in results[0].rows)
+
+
+def test_cli_bench(tmp_path, capsys):
+    from mrict.cli import run
+
+    assert run(["bench", "--only", "nope"]) == 2
+    assert "unknown benchmark nope" in capsys.readouterr().err
+    out = tmp_path / "r.md"
+    assert run(["bench", "--tiny", "--only", "data", "--out", str(out)]) == 0
+    assert "### Data: simulator and DICOM reading" in out.read_text()

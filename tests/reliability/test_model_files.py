@@ -1,0 +1,156 @@
+"""Model files: only safetensors + JSON by default; pickles never execute; mismatches are
+reported before loading."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hostile import mutate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrict.errors import MrictError
+from mrict.runtime.checkpoint import (
+    check_config,
+    load_checkpoint,
+    load_module_state,
+    load_weights,
+    save_checkpoint,
+)
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that the pickle ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious(tmp_path, suffix=".pt"):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / f"model{suffix}"
+    torch.save({"weight": torch.ones(2), "trap": _Payload(str(marker))}, evil)
+    return evil, marker
+
+
+def test_malicious_pickle_really_runs_code_when_unpickled_naively(tmp_path):
+    evil, marker = _malicious(tmp_path)
+    torch.load(evil, weights_only=False)  # what mrict never does
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt"])
+def test_pickle_refused_without_opt_in_and_never_executed(tmp_path, suffix):
+    evil, marker = _malicious(tmp_path, suffix)
+    with pytest.raises(MrictError, match="pickle") as info:
+        load_weights(evil)
+    assert evil.name in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(MrictError, match="pickle"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_pickle_with_opt_in_is_read_safely_and_never_executed(tmp_path):
+    evil, marker = _malicious(tmp_path)
+    with pytest.raises(MrictError, match="unsafe content"):
+        load_weights(evil, allow_pickle=True)
+    assert not marker.exists()
+    # a pickle with a hand-written exec payload (not via torch.save) is refused too
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps(_Payload(str(marker)), protocol=2))
+    with pytest.raises(MrictError, match=r"raw\.pth"):
+        load_weights(raw, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_plain_legacy_state_dict_loads_with_opt_in(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "old.pth")
+    state, meta = load_weights(tmp_path / "old.pth", allow_pickle=True)
+    clone = torch.nn.Linear(3, 2)
+    load_module_state(clone, state, "G")
+    assert torch.equal(clone.weight, model.weight) and meta == {}
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle at all")
+    with pytest.raises(MrictError, match=r"junk\.pt"):
+        load_weights(tmp_path / "junk.pt", allow_pickle=True)
+
+
+def test_safetensors_checkpoint_path_traversal_and_corruption(tmp_path):
+    save_checkpoint(tmp_path / "ck", {"w": torch.ones(4)}, {"step": 3})
+    state, meta = load_weights(tmp_path / "ck.json")
+    assert meta == {"step": 3} and torch.equal(state["w"], torch.ones(4))
+    doc = json.loads((tmp_path / "ck.json").read_text())
+    doc["weights"] = "../ck.safetensors"
+    (tmp_path / "ck.json").write_text(json.dumps(doc))
+    with pytest.raises(MrictError, match="missing"):
+        load_checkpoint(tmp_path / "ck")
+    save_checkpoint(tmp_path / "ck", {"w": torch.ones(4)})
+    blob = bytearray((tmp_path / "ck.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (tmp_path / "ck.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(MrictError, match="do not match"):
+        load_checkpoint(tmp_path / "ck")
+    # unverified read of a garbage weights file still ends in MrictError
+    (tmp_path / "ck.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(MrictError, match="cannot read"):
+        load_checkpoint(tmp_path / "ck", verify=False)
+
+
+def test_config_and_shape_mismatch_named_before_loading(tmp_path):
+    with pytest.raises(MrictError, match=r"ngf=64 \(now 32\)") as info:
+        check_config(
+            {"ngf": 64, "n_blocks": 9, "lr": 1e-3},
+            {"ngf": 32, "n_blocks": 9, "lr": 2e-4},
+            ("ngf", "n_blocks"),
+            tmp_path / "ck.json",
+        )
+    assert "ck.json" in str(info.value) and "lr" not in str(info.value)
+    check_config({"ngf": 32}, {"ngf": 32, "n_blocks": 6}, ("ngf", "n_blocks"), "x")
+    big, small = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(1, 4, 3)
+    before = small.weight.detach().clone()
+    with pytest.raises(MrictError, match=r"weight has shape \(8, 1, 3, 3\)"):
+        load_module_state(small, big.state_dict(), "G_mr2ct")
+    assert torch.equal(small.weight, before)
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 4096), st.integers(0, 255)),
+        st.tuples(st.just("cut"), st.integers(0, 4096)),
+        st.tuples(st.just("insert"), st.integers(0, 4096), st.binary(min_size=1, max_size=8)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(which=st.sampled_from(["json", "safetensors"]), ops=_ops, verify=st.booleans())
+def test_mutated_checkpoint_files_end_in_a_user_error(which, ops, verify):
+    with tempfile.TemporaryDirectory() as tmp:
+        stem = Path(tmp) / "ck"
+        save_checkpoint(stem, {"w": torch.ones(2, 3), "opt": {"step": 1, "m": [torch.zeros(2)]}})
+        victim = stem.with_name(f"ck.{which}")
+        victim.write_bytes(mutate(victim.read_bytes(), ops))
+        try:
+            state, _ = load_checkpoint(stem, verify=verify)
+        except MrictError as exc:
+            assert "\n" not in str(exc)
+            return
+        assert isinstance(state, dict)
+
+
+def test_feature_loss_weights_reader_never_executes_a_pickle(tmp_path):
+    losses = pytest.importorskip("mrict.translation.losses")
+    evil, marker = _malicious(tmp_path, ".pth")
+    with pytest.raises(MrictError) as info:
+        losses.read_weights(evil)
+    assert "\n" not in str(info.value) and not marker.exists()
