@@ -55,6 +55,9 @@ class GanConfig:
     log_every: int = 10
     checkpoint_every: int = 200  # iterations; a checkpoint is also written at the end
     sample_count: int = 4
+    # numerical faults: "stop" names the step and loss term and keeps the last good
+    # checkpoint; "skip" drops that step's update (and stops after 20 bad steps in a row)
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 #: ``quick``: a CPU demo that trains in a few minutes on 2 cores; ``paper``: the reference setup.
@@ -90,5 +93,14 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
 #: fields that may change when resuming a run (they do not alter the training trajectory
 #: except ``iterations``/``epochs``, which extend or shorten it)
 RESUMABLE_CHANGES = frozenset(
-    {"iterations", "epochs", "log_every", "checkpoint_every", "compile", "device", "sample_count"}
+    {
+        "iterations",
+        "epochs",
+        "log_every",
+        "checkpoint_every",
+        "compile",
+        "device",
+        "sample_count",
+        "nonfinite",
+    }
 )

@@ -28,6 +28,8 @@ from mrict.runtime import distributed as dist
 from mrict.runtime.atomic import atomic_path, atomic_write_text
 from mrict.runtime.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from mrict.runtime.device import autocast_context, grad_scaler, pick_device, resolve_precision
+from mrict.runtime.interrupt import TrainingInterrupted, any_rank, stop_on_signals
+from mrict.runtime.numerics import LossGuard, nonfinite_terms
 from mrict.runtime.seed import rng_state, seed_everything
 from mrict.translation.config import RESUMABLE_CHANGES, GanConfig
 from mrict.translation.data import UnpairedData, epoch_order, load_unpaired
@@ -381,6 +383,25 @@ def _train(
     order_epoch = -1
     orders: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     t_last, n_last = time.perf_counter(), 0
+    ckpt_json = run_dir / f"{CHECKPOINT}.json"
+    guard = LossGuard(cfg.nonfinite, checkpoint=ckpt_json)
+
+    def finite(terms: dict[str, torch.Tensor], step: int) -> bool:
+        """True to take the step; False to skip it (policy "skip"); raises to stop. Every
+        rank takes the same decision."""
+        bad_here = bool(nonfinite_terms(terms))
+        if not any_rank(bad_here):
+            return True
+        if bad_here:
+            return guard.check(terms, step)
+        if cfg.nonfinite == "stop":
+            raise MrictError(
+                f"a loss term is not finite on another process at step {step}; stopping", ckpt_json
+            )
+        return False
+
+    stop_ctx = stop_on_signals(quiet=not main)
+    stop = stop_ctx.__enter__()
     try:
         while iteration < total:
             epoch, pos = divmod(iteration, steps_per_epoch)
@@ -428,6 +449,12 @@ def _train(
                         real_ct, out["fake_mr"]
                     )
                 loss_g = sum(losses_t.values())
+            if not finite(losses_t, iteration + 1):
+                iteration += 1
+                sched_g.step()
+                sched_d.step()
+                _set_requires_grad(discs_raw, True)
+                continue
             opt_g.zero_grad(set_to_none=True)
             scaler_g.scale(loss_g).backward()
             scaler_g.step(opt_g)
@@ -444,10 +471,11 @@ def _train(
                 d_mr = 0.5 * (lsgan_loss(s_mr[:n], True) + lsgan_loss(s_mr[n:], False))
                 d_ct = 0.5 * (lsgan_loss(s_ct[:n], True) + lsgan_loss(s_ct[n:], False))
                 loss_d = d_mr + d_ct
-            opt_d.zero_grad(set_to_none=True)
-            scaler_d.scale(loss_d).backward()
-            scaler_d.step(opt_d)
-            scaler_d.update()
+            if finite({"D_mr": d_mr, "D_ct": d_ct}, iteration + 1):
+                opt_d.zero_grad(set_to_none=True)
+                scaler_d.scale(loss_d).backward()
+                scaler_d.step(opt_d)
+                scaler_d.update()
             lr = opt_g.param_groups[0]["lr"]
             sched_g.step()
             sched_d.step()
@@ -479,6 +507,11 @@ def _train(
                 checkpoint()
             if on_step is not None:
                 on_step(iteration)
+            if iteration < total and any_rank(bool(stop)):
+                checkpoint()
+                raise TrainingInterrupted(
+                    iteration, ckpt_json, f"mrict train-gan {data_root} --out {run_dir} --resume"
+                )
         checkpoint()
         _check_in_sync(gens_raw, info)
         if main:
@@ -496,6 +529,7 @@ def _train(
             )
         dist.barrier()
     finally:
+        stop_ctx.__exit__(None, None, None)
         logger.close()
     return run_dir
 
