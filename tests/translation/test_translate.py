@@ -207,3 +207,22 @@ def test_histogram_matching_follows_reference() -> None:
     assert abs(np.median(out) - np.median(ref)) < 0.05
     assert np.all(np.diff(out.ravel()[np.argsort(img.ravel())]) >= 0)  # monotone
     assert histogram_baseline(img[None], q).shape == (1, 32, 32)
+
+
+def test_translate_cli_guards_outputs_and_anonymizes(
+    make_dataset, run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    data = make_dataset("dicom", patients=1, slices=1, size=32, modalities=("MR",))
+    argv = ["translate", str(run_dir), str(data), "--direction", "mr2ct"]
+    assert cli([*argv, str(data / "inside")]) == 2
+    assert "input" in capsys.readouterr().err
+    out = tmp_path / "anon"
+    assert cli([*argv, str(out), "--anonymize"]) == 0
+    capsys.readouterr()
+    (written,) = (out / "CT" / "image_CT").iterdir()
+    ds = pydicom.dcmread(written)
+    assert ds.PatientID != "MR000" and "MR000" not in str(ds.PatientName)
+    assert b"MR000" not in written.read_bytes()
+    assert cli([*argv, str(out)]) == 2  # non-empty output needs --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli([*argv, str(out), "--overwrite"]) == 0

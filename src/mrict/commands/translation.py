@@ -70,6 +70,17 @@ def translate_command(
     seed: int = typer.Option(
         0, "--seed", help="Unused by inference (deterministic); kept for symmetry."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty output folder (inputs are never touched).",
+    ),
+    anonymize: bool = typer.Option(
+        False,
+        "--anonymize",
+        help="De-identify DICOM outputs (DICOM basic profile: pseudonymous patient id, "
+        "no names, dates or institution, new UIDs). Set MRICT_ANON_SALT for stable pseudonyms.",
+    ),
 ) -> None:
     """Translate MRI to CT (HU) or CT to MRI, writing the input's format (DICOM, NIfTI, PNG);
     masks of a data set are copied alongside."""
@@ -77,7 +88,14 @@ def translate_command(
 
     check_direction(direction)
     written = translate_path(
-        run, input_path, output, direction, batch_size=batch_size, device=device
+        run,
+        input_path,
+        output,
+        direction,
+        batch_size=batch_size,
+        device=device,
+        overwrite=overwrite,
+        anonymize=anonymize,
     )
     typer.echo(f"wrote {len(written)} file(s) to {output}")
 

@@ -19,6 +19,7 @@ from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_write_with
 from mrict.runtime.checkpoint import load_checkpoint, load_module_state
 from mrict.runtime.device import pick_device
+from mrict.runtime.outputs import prepare_output_dir
 from mrict.translation.networks import ResnetGenerator
 
 DIRECTIONS = {"mr2ct": ("MR", "CT"), "ct2mr": ("CT", "MR")}
@@ -165,9 +166,11 @@ def translate_file(
     tgt_mod: str,
     size: int,
     batch_size: int = 8,
+    anonymize: bool = False,
 ) -> list[Path]:
     """Translate every slice of one image file (or DICOM series folder) and write the
-    result in the same format under ``out_dir`` with the source name."""
+    result in the same format under ``out_dir`` with the source name (DICOM de-identified
+    when ``anonymize``)."""
     slices = read_slices(source, src_mod)
     units = []
     for s in slices:
@@ -186,18 +189,8 @@ def translate_file(
         out_dir,
         modality=tgt_mod,
         description=f"mrict synthetic {tgt_mod} from {src_mod}",
+        anonymize=anonymize,
     )
-
-
-def _refuse_overwrite(inputs: Path, output: Path) -> None:
-    inp, out = inputs.resolve(), output.resolve()
-    base = inp if inp.is_dir() else inp.parent
-    if out == base:
-        raise MrictError(
-            "output folder must differ from the input folder (inputs are never overwritten)", output
-        )
-    if out.exists() and not out.is_dir():
-        raise MrictError("output exists and is not a folder", output)
 
 
 def translate_path(
@@ -209,8 +202,13 @@ def translate_path(
     batch_size: int = 8,
     device: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    anonymize: bool = False,
 ) -> list[Path]:
     """Translate a file, a folder of images, or a data set (``DATA/MR/image_MR`` ...).
+
+    The output folder must not be, contain or lie inside the input, and must be empty
+    unless ``overwrite``. ``anonymize`` de-identifies DICOM outputs (basic profile).
 
     Outputs keep the input format and names. For a data set, the translated images go to
     ``OUTPUT/<TGT>/image_<TGT>/`` and the source masks are copied to
@@ -225,7 +223,7 @@ def translate_path(
     inp, out = Path(input_path), Path(output_dir)
     if not inp.exists():
         raise MrictError("input not found", inp)
-    _refuse_overwrite(inp, out)
+    prepare_output_dir(out, inputs=[inp], overwrite=overwrite)
     jobs: list[tuple[Path, Path]] = []  # (source file, output folder)
     mask_copies: list[tuple[Path, Path]] = []
     dataset = find_modality_dirs(inp, src_mod) if inp.is_dir() else None
@@ -259,7 +257,7 @@ def translate_path(
         task = bar.add_task("translate", total=len(jobs))
         for source, target_dir in jobs:
             written += translate_file(
-                generator, source, target_dir, src_mod, tgt_mod, size, batch_size
+                generator, source, target_dir, src_mod, tgt_mod, size, batch_size, anonymize
             )
             bar.advance(task)
     for src, dst in mask_copies:
