@@ -75,6 +75,9 @@ def translate_command(
         "--overwrite",
         help="Write into a non-empty output folder (inputs are never touched).",
     ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 (exact), bf16, fp16 (GPU) or auto (bf16 where fast)."
+    ),
     anonymize: bool = typer.Option(
         False,
         "--anonymize",
@@ -96,6 +99,7 @@ def translate_command(
         device=device,
         overwrite=overwrite,
         anonymize=anonymize,
+        precision=precision,
     )
     typer.echo(f"wrote {len(written)} file(s) to {output}")
 
