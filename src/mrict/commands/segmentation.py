@@ -1,0 +1,131 @@
+"""``mrict train-seg``, ``mrict segment`` and ``mrict evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mrict.errors import MrictError
+
+
+def _modality(value: str) -> str:
+    value = value.upper()
+    if value not in ("CT", "MR", "MRI"):
+        raise MrictError(f"unknown modality {value!r} (use CT or MR)")
+    return "MR" if value == "MRI" else value
+
+
+def train_seg_command(
+    data: Path = typer.Argument(..., help="Data set folder (DATA/CT/image_CT ... layout)."),
+    modality: str = typer.Option(..., "--modality", help="CT or MR."),
+    out: Path = typer.Option(..., "--out", help="Run folder to create."),
+    extra: list[Path] = typer.Option(
+        [],
+        "--extra",
+        help="Extra labelled data sets (e.g. translated images) in the same modality.",
+    ),
+    label_fraction: float = typer.Option(
+        1.0, "--label-fraction", help="Fraction of the train patients whose masks are used."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    preset: str = typer.Option("quick", "--preset", help="quick or paper."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of SegConfig options."),
+    iterations: int | None = typer.Option(None, "--iterations", help="Override iterations."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Override image size."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Train a U-Net on DATA's train split, selected on its validation split."""
+    from mrict.config import resolve_config
+    from mrict.data.datasets import load_modality
+    from mrict.data.splits import split_patients
+    from mrict.segmentation.config import SEG_PRESETS, SegConfig
+    from mrict.segmentation.trainer import train_segmenter
+    from mrict.study.scenarios import label_subset
+
+    mod = _modality(modality)
+    cfg = resolve_config(
+        SegConfig,
+        SEG_PRESETS,
+        preset,
+        config,
+        {"iterations": iterations, "image_size": image_size, "device": device},
+    )
+    if not 0.0 < label_fraction <= 1.0:
+        raise MrictError(f"--label-fraction must be in (0, 1], got {label_fraction}")
+    if (out / "model.json").exists():
+        raise MrictError("run folder already holds a model; choose another --out", out)
+    full = load_modality(data, mod, size=cfg.image_size)
+    splits = split_patients(full.patients(), seed=cfg.split_seed)
+    train = label_subset(full.select(splits["train"]), label_fraction, cfg.split_seed)
+    sets = [train]
+    for folder in extra:
+        sets.append(load_modality(folder, mod, size=cfg.image_size))
+    run = train_segmenter(sets, full.select(splits["val"]), out, cfg, seed, title=f"U-Net {mod}")
+    typer.echo(f"segmenter written to {run}")
+
+
+def segment_command(
+    run: Path = typer.Argument(..., help="Segmentation run folder (from train-seg)."),
+    input: Path = typer.Argument(..., help="Image file, DICOM series or folder of images."),
+    output: Path = typer.Argument(..., help="Output folder for the masks."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (inference is deterministic)."),
+) -> None:
+    """Write tumour masks for INPUT in the input's format."""
+    from mrict.runtime.seed import seed_everything
+    from mrict.segmentation.predict import segment_path
+
+    seed_everything(seed)
+    written = segment_path(run, input, output)
+    typer.echo(f"{len(written)} mask file(s) written to {output}")
+
+
+def evaluate_command(
+    run: Path = typer.Argument(..., help="Segmentation run folder."),
+    data: Path = typer.Argument(..., help="Data set with masks."),
+    split: str = typer.Option("test", "--split", help="test, val, train or all."),
+    modality: str | None = typer.Option(None, "--modality", help="Default: the run's."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write all metrics here."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (evaluation is deterministic)."),
+) -> None:
+    """Dice, IoU and HD95 per slice and per patient (empty-mask policy printed)."""
+    from mrict.runtime.atomic import atomic_write_text
+    from mrict.runtime.seed import seed_everything
+    from mrict.segmentation.evaluate import evaluate_run
+
+    seed_everything(seed)
+    result = evaluate_run(
+        run, data, split=split, modality=_modality(modality) if modality else None
+    )
+    s = result["summary"]
+    typer.echo(
+        f"{s['modality']} {s['split']} split: {s['n_patients']} patients, {s['n_slices']} slices"
+    )
+    typer.echo("patient   dice    iou     hd95(px)  slices")
+    for p in result["patients"]:
+        typer.echo(
+            f"{p['patient']:<9} {p['dice']:.4f}  {p['iou']:.4f}  {p['hd95']:8.2f}  {p['slices']}"
+        )
+    typer.echo(
+        f"per patient: Dice {s['patient_dice']:.4f}  IoU {s['patient_iou']:.4f}  "
+        f"HD95 {s['patient_hd95']:.2f} px"
+    )
+    typer.echo(
+        f"per slice:   Dice {s['slice_dice']:.4f}  IoU {s['slice_iou']:.4f}  "
+        f"HD95 {s['slice_hd95']:.2f} px"
+    )
+    typer.echo(
+        f"slices with empty ground truth and empty prediction: {s['both_empty']} (excluded); "
+        f"exactly one empty: {s['hd95_one_empty']}; patients both empty: {s['patients_both_empty']}"
+    )
+    typer.echo(f"policy: {s['policy']}")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=1, default=float))
+        typer.echo(f"metrics written to {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-seg")(train_seg_command)
+    app.command("segment")(segment_command)
+    app.command("evaluate")(evaluate_command)

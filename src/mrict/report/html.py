@@ -1,0 +1,315 @@
+"""The study report: one self-contained HTML page (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mrict.runtime.atomic import atomic_write_text
+
+SCENARIO_NAMES = {
+    "target_only": "(1) target only",
+    "source_only": "(2) source only",
+    "translated": "(3) translated source",
+    "target_translated": "(4) target + translated source",
+}
+ALPHA = 0.05
+
+CSS = """
+body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
+th{background:#f2f2f2}td.l,th.l{text-align:left}
+img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
+.note{color:#555;font-size:.9em}.concl{background:#f6f8fa;border-left:4px solid #4a7;padding:.6em 1em}
+code{background:#f2f2f2;padding:0 .2em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ci(row: Mapping[str, Any], metric: str, kind: str, digits: int = 3) -> str:
+    lo, hi = row.get(f"{metric}_ci_{kind}_lo"), row.get(f"{metric}_ci_{kind}_hi")
+    if lo is None or hi is None:
+        return "n/a"
+    return f"[{_f(lo, digits)}, {_f(hi, digits)}]"
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    th = "".join(
+        f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{_e(c)}</td>' for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _scenario(row: Mapping[str, Any]) -> str:
+    name = SCENARIO_NAMES.get(row["scenario"], row["scenario"])
+    f = row.get("label_fraction") or 0.0
+    return f"{name}, {f:.0%} of target labels" if f else name
+
+
+def _mean(summary: list[dict[str, Any]], target: str, scenario: str, f: float) -> float | None:
+    for r in summary:
+        if (r["target"], r["scenario"], r["label_fraction"]) == (target, scenario, f):
+            return r.get("dice_mean")
+    return None
+
+
+def _verdict(test: Mapping[str, Any]) -> str:
+    p = test.get("p")
+    if p is None:
+        return "the paired test could not be computed (fewer than two non-zero differences)"
+    if p < ALPHA:
+        direction = "higher" if test["mean_diff"] > 0 else "lower"
+        return f"significantly {direction} (Wilcoxon p = {p:.3g} &lt; {ALPHA})"
+    return f"no significant difference (Wilcoxon p = {p:.3g})"
+
+
+def conclusion(doc: Mapping[str, Any]) -> list[str]:
+    """Sentences that state only what the numbers show (significance only when p < 0.05)."""
+    summary, tests = doc["summary"], doc["tests"]
+    out: list[str] = []
+    for target in sorted({r["target"] for r in summary}):
+        source = "MR" if target == "CT" else "CT"
+        fmax = max((r["label_fraction"] for r in summary if r["target"] == target), default=1.0)
+        base = _mean(summary, target, "target_only", fmax)
+        src = _mean(summary, target, "source_only", 0.0)
+        tr = _mean(summary, target, "translated", 0.0)
+        parts = [f"<b>Target {target}.</b>"]
+        if base is not None and src is not None:
+            parts.append(
+                f"Trained on {target} ({fmax:.0%} of labels), the segmenter reaches a mean Dice of "
+                f"{_f(base)}; trained on {source} only it reaches {_f(src)} on the same {target} "
+                f"test patients (domain-shift gap {_f(base - src)})."
+            )
+        for t in tests:
+            if t["target"] != target:
+                continue
+            if t["a"] == "translated" and tr is not None and src is not None:
+                parts.append(
+                    f"Training on {source} images translated to {target} (no {target} labels) gives "
+                    f"{_f(tr)} vs {_f(src)} for untranslated {source}: {_verdict(t)}."
+                )
+            elif t["a"] == "target_translated":
+                f = t["label_fraction"]
+                a = _mean(summary, target, "target_translated", f)
+                b = _mean(summary, target, "target_only", f)
+                parts.append(
+                    f"With {f:.0%} of the {target} labels, adding translated {source} gives "
+                    f"{_f(a)} vs {_f(b)} without: {_verdict(t)}."
+                )
+        out.append(" ".join(parts))
+    n = min((t["n"] for t in tests), default=0)
+    if 0 < n < 6:
+        out.append(
+            f"With only {n} paired test patients the two-sided Wilcoxon test cannot reach "
+            f"p &lt; 0.05 (its smallest attainable p is {2 / 2**n:.3g}); more test patients are "
+            "needed for a conclusive comparison."
+        )
+    return out
+
+
+def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
+    """The report page as a string."""
+    info, summary, tests = doc["info"], doc["summary"], doc["tests"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>mrict study report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>mrict study: does CycleGAN-translated data help tumour segmentation?</h1>",
+        f"<p class='note'>Data: <code>{_e(info['data'])}</code> &middot; CycleGAN run: "
+        f"<code>{_e(info['gan_run'])}</code> &middot; preset <b>{_e(info['preset'])}</b> "
+        f"&middot; total time {_f(info['timing_s'].get('total'), 0)} s (CycleGAN "
+        f"{_f(info['timing_s'].get('gan'), 0)} s, segmenters {_f(info['timing_s'].get('segmentation'), 0)} s)</p>",
+        "<h2>Conclusion</h2><div class='concl'>",
+        "".join(f"<p>{s}</p>" for s in conclusion(doc)),
+        "</div>",
+    ]
+    # results
+    rows = [
+        [
+            r["target"],
+            _scenario(r),
+            r["seeds"],
+            r["patients"],
+            _f(r["dice_mean"]),
+            _ci(r, "dice", "seeds"),
+            _ci(r, "dice", "patients"),
+            _f(r["iou_mean"]),
+            _ci(r, "iou", "patients"),
+            _f(r["hd95_mean"], 1),
+        ]
+        for r in summary
+    ]
+    parts += [
+        "<h2>Results on the target test patients</h2>",
+        _table(
+            [
+                "target",
+                "scenario",
+                "seeds",
+                "test patients",
+                "Dice",
+                "95% CI (seeds)",
+                "95% CI (patients)",
+                "IoU",
+                "IoU 95% CI (patients)",
+                "HD95 (px)",
+            ],
+            rows,
+            left=2,
+        ),
+        "<p class='note'>Dice/IoU per patient pool all of the patient's test slices; the mean "
+        "is over seeds of each seed's mean over patients. CI (seeds): Student-t over the seeds' "
+        "means; CI (patients): Student-t over patients' means over seeds. HD95 in pixels of the "
+        f"{info['segmentation_config']['image_size']} px network grid. "
+        f"{_e(info['metric_policy'])}</p>",
+    ]
+    if "segmentation_metrics" in figures:
+        parts.append(_img(figures["segmentation_metrics"], "segmentation metrics"))
+    test_rows = [
+        [
+            t["target"],
+            f"{SCENARIO_NAMES[t['a']]} vs {SCENARIO_NAMES[t['b']]}"
+            + (f" ({t['label_fraction']:.0%} labels)" if t["a"] == "target_translated" else ""),
+            t["n"],
+            _f(t["mean_diff"]),
+            _f(t["median_diff"]),
+            _f(t["statistic"], 1),
+            _f(t["p"], 4),
+        ]
+        for t in tests
+    ]
+    parts += [
+        "<h2>Statistics</h2>",
+        _table(
+            ["target", "comparison", "patients", "mean diff", "median diff", "W", "p"],
+            test_rows,
+            left=2,
+        ),
+        "<p class='note'>Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon) on "
+        "per-patient Dice averaged over seeds, paired by test patient; differences are "
+        f"first minus second. Significance level {ALPHA}.</p>",
+    ]
+    if "overlays" in figures:
+        parts += ["<h2>Predictions on test slices</h2>", _img(figures["overlays"], "overlays")]
+    # translation
+    parts.append("<h2>Translation</h2>")
+    if "sample_translations" in figures:
+        parts.append(_img(figures["sample_translations"], "sample translations"))
+    tr = doc.get("translation")
+    if tr and "mr2ct" in tr:
+        for direction, title in (("mr2ct", "MRI &rarr; CT"), ("ct2mr", "CT &rarr; MRI")):
+            methods = tr[direction]
+            keys = sorted({k for v in methods.values() for k in v})
+            parts.append(f"<p><b>{title}</b> on {tr.get('n_slices', '?')} paired test slices</p>")
+            parts.append(
+                _table(
+                    ["method", *keys],
+                    [[m, *(_f(v.get(k)) for k in keys)] for m, v in methods.items()],
+                )
+            )
+        parts.append(f"<p class='note'>{_e(tr.get('protocol', ''))}</p>")
+    else:
+        parts.append(
+            "<p class='note'>No paired test data (DATA/paired_test): translation "
+            "fidelity metrics not computed.</p>"
+        )
+    # data and configuration
+    ds = info["data_summary"]
+    data_rows = [
+        [m, split, v["patients"], v["slices"], v["labelled_slices"], v["tumour_slices"]]
+        for m, splits in ds.items()
+        for split, v in splits.items()
+    ]
+    parts += [
+        "<h2>Data</h2>",
+        _table(
+            ["modality", "split", "patients", "slices", "labelled", "with tumour"],
+            data_rows,
+            left=2,
+        ),
+        f"<p class='note'>Patient-level split (fractions 0.7/0.15/0.15, split seed "
+        f"{info['split_seed']}), the same split the CycleGAN was trained on: no test patient was "
+        "seen by the CycleGAN or any segmenter.</p>",
+        "<h2>Configuration</h2>",
+        _table(
+            ["scenario", "training data", "model selection"],
+            [
+                [
+                    SCENARIO_NAMES["target_only"],
+                    "target train patients (their labels)",
+                    info["model_selection"]["target_only"],
+                ],
+                [
+                    SCENARIO_NAMES["source_only"],
+                    "source train patients (source labels)",
+                    info["model_selection"]["source_only"],
+                ],
+                [
+                    SCENARIO_NAMES["translated"],
+                    "source train patients translated to the target",
+                    info["model_selection"]["translated"],
+                ],
+                [
+                    SCENARIO_NAMES["target_translated"],
+                    "both of the above ((1) + (3))",
+                    info["model_selection"]["target_translated"],
+                ],
+            ],
+        ),
+        f"<p>Seeds: {_e(info['seeds'])}; target label fractions: {_e(info['label_fractions'])} "
+        "(the same labelled patients for every seed).</p>",
+        _table(
+            ["segmentation option", "value"],
+            [[k, v] for k, v in info["segmentation_config"].items()],
+        ),
+        _table(
+            ["CycleGAN option", "value"],
+            [[k, v] for k, v in (info.get("gan_config") or {}).items()],
+        ),
+    ]
+    if "loss_curves" in figures:
+        parts += ["<h2>Training curves</h2>", _img(figures["loss_curves"], "loss curves")]
+    n_both = sum(c["both_empty"] for c in info["empty_counts"].values())
+    n_sl = sum(c["n_slices"] for c in info["empty_counts"].values())
+    parts.append(
+        f"<p class='note'>Across all {len(info['empty_counts'])} evaluated segmenters, "
+        f"{n_both} of {n_sl} test-slice evaluations had an empty ground truth and an empty "
+        f"prediction (excluded from slice means). Platform: {_e(info['platform'])}.</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: Path, doc: Mapping[str, Any], figures: Mapping[str, Path]) -> Path:
+    """Write the self-contained report page atomically."""
+    atomic_write_text(Path(path), build_html(doc, figures))
+    return Path(path)

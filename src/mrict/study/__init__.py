@@ -1,0 +1,1 @@
+"""The experiment: does CycleGAN-translated cross-modality data help tumour segmentation?"""
