@@ -51,7 +51,7 @@ def test_atlas_holds_every_tissue():
 def test_ct_tissue_statistics_in_literature_ranges(seed):
     anatomy = _patient(seed, size=192)
     rng = np.random.default_rng(seed)
-    protocol = sample_ct_protocol(rng, 192)
+    protocol = sample_ct_protocol(rng, 192, contrast=False)
     ct = np.stack([render_ct(lab, protocol, rng) for lab in anatomy.labels])
     assert ct.dtype == np.int16
 
@@ -78,6 +78,14 @@ def test_ct_tissue_statistics_in_literature_ranges(seed):
         assert median(TUMOUR) < median(GM) + 3  # iso- to hypodense
     if (anatomy.labels == OEDEMA).sum() > 200:
         assert median(OEDEMA) < median(WM)
+
+
+def test_contrast_ct_enhances_the_tumour():
+    anatomy = _patient(1, size=128)
+    rng = np.random.default_rng(1)
+    ct = render_ct(anatomy.labels[2], sample_ct_protocol(rng, 128, contrast=True), rng)
+    sel = anatomy.labels[2]
+    assert np.median(ct[sel == TUMOUR]) > np.median(ct[sel == GM]) + 15
 
 
 def test_mri_contrast_order():

@@ -30,6 +30,11 @@ def simulate_command(
     tumour_free_fraction: float = typer.Option(
         0.2, "--tumour-free-fraction", help="Fraction of slices drawn without tumour."
     ),
+    ct_contrast: bool = typer.Option(
+        True,
+        "--ct-contrast/--no-ct-contrast",
+        help="CT after iodinated contrast (solid tumour enhances, 60-95 HU; default) or non-contrast CT.",
+    ),
     oedema_masks: bool = typer.Option(
         False, "--oedema-masks", help="Also write oedema masks (oedema_MR/, ...)."
     ),
@@ -57,6 +62,7 @@ def simulate_command(
         mr_contrast=mr_contrast,
         tumour_free_fraction=tumour_free_fraction,
         oedema_masks=oedema_masks,
+        ct_contrast=ct_contrast,
     )
     n = (mri_patients + ct_patients + 2 * test_patients) * slices_per_patient
     typer.echo(

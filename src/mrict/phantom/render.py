@@ -95,10 +95,14 @@ def render_mri(
     return (np.sqrt(real * real + imag * imag) * protocol["gain"]).astype(np.float32)
 
 
-def sample_ct_protocol(rng: np.random.Generator, size: int) -> dict[str, Any]:
-    """Per-patient CT tissue values (HU) and scanner settings."""
+def sample_ct_protocol(
+    rng: np.random.Generator, size: int, contrast: bool = True
+) -> dict[str, Any]:
+    """Per-patient CT tissue values (HU) and scanner settings; ``contrast``: after iodinated
+    contrast (the solid tumour enhances), else non-contrast (tumour iso- to hypodense)."""
     return {
-        "hu": sample_ct_tissues(rng).tolist(),
+        "contrast": bool(contrast),
+        "hu": sample_ct_tissues(rng, contrast).tolist(),
         "noise_hu": rng.uniform(4.0, 10.0),
         "psf_px": rng.uniform(0.5, 0.9) * size / 256,
         "nps_peak": rng.uniform(0.15, 0.3),  # cycles/pixel of the noise power peak

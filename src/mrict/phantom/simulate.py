@@ -50,6 +50,7 @@ class SimulationParams:
     mr_contrast: str = "t1c"
     tumour_free_fraction: float = 0.2
     oedema_masks: bool = False
+    ct_contrast: bool = True
 
     def validate(self) -> None:
         for name in ("mri_patients", "ct_patients", "test_patients"):
@@ -92,7 +93,7 @@ def _render_patient(params: SimulationParams, group: str, index: int) -> dict[st
         out["mr_protocol"] = protocol
     if group in ("CT", "PT"):
         rng = _rng(params.seed, group, index, 2)
-        protocol = sample_ct_protocol(rng, params.size)
+        protocol = sample_ct_protocol(rng, params.size, params.ct_contrast)
         out["CT"] = np.stack([render_ct(lab, protocol, rng) for lab in anatomy.labels])
         out["ct_protocol"] = protocol
     return out

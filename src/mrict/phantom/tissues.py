@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrict.phantom.atlas import N_LABELS
+from mrict.phantom.atlas import N_LABELS, TUMOUR
 
 #              air   scalp  fat   outer  diploe inner  CSF   GM    WM    tum   necr  oed
 T1_MS = np.array([1.0, 870, 270, 500, 360, 500, 4000, 1100, 700, 1300, 2500, 1250], float)
@@ -44,6 +44,10 @@ HU_RANGES = np.array(
     ],
     float,
 )
+#: solid tumour after iodinated contrast (blood-brain-barrier breakdown): enhancing
+#: gliomas and metastases reach about 60-100 HU on contrast-enhanced head CT, while normal
+#: brain enhances by only a few HU
+HU_TUMOUR_ENHANCED = (60.0, 95.0)
 assert T1_MS.shape == T2_MS.shape == PD.shape == (N_LABELS,) and HU_RANGES.shape == (N_LABELS, 2)
 
 
@@ -53,6 +57,11 @@ def sample_mr_tissues(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"T1": T1_MS * jitter(), "T2": T2_MS * jitter(), "PD": np.clip(PD * jitter(), 0, 1)}
 
 
-def sample_ct_tissues(rng: np.random.Generator) -> np.ndarray:
-    """Per-patient mean HU per label, uniform in the literature range."""
-    return rng.uniform(HU_RANGES[:, 0], HU_RANGES[:, 1])
+def sample_ct_tissues(rng: np.random.Generator, contrast: bool = False) -> np.ndarray:
+    """Per-patient mean HU per label, uniform in the literature range; with ``contrast``
+    the solid tumour enhances (:data:`HU_TUMOUR_ENHANCED`)."""
+    hu = rng.uniform(HU_RANGES[:, 0], HU_RANGES[:, 1])
+    enhanced = rng.uniform(*HU_TUMOUR_ENHANCED)
+    if contrast:
+        hu[TUMOUR] = enhanced
+    return hu

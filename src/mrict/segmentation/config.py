@@ -47,7 +47,7 @@ class SegConfig:
 
 
 #: ``quick``: the CPU demo (16 U-Nets in a few minutes on 2 cores; 96 px like the quick
-#: CycleGAN; batch norm, no augmentation and a high learning rate so 120 steps suffice);
+#: CycleGAN; batch norm, no augmentation and a high learning rate so 300 steps suffice);
 #: ``paper``: 256 px, wider U-Net, augmentation, long training with early stopping.
 SEG_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -58,8 +58,8 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
         "augment": False,
         "batch_size": 8,
         "lr": 5e-3,
-        "iterations": 120,
-        "val_every": 40,
+        "iterations": 300,
+        "val_every": 50,
         "patience": 0,
     },
     "paper": {
