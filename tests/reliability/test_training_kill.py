@@ -21,7 +21,7 @@ from mrict.cli import run
 from mrict.runtime.checkpoint import load_checkpoint
 
 CHECKPOINT_EVERY = 4
-ITERATIONS = 24
+ITERATIONS = 40
 
 # Runs the real CLI in a child process, reporting each finished step and each checkpoint
 # write on stdout. MRICT_TEST_SLOW_SAVE=S holds a finished weights file S seconds in its
@@ -40,7 +40,10 @@ C.save_file = save_file
 
 real_train = T.train_cyclegan
 def train(*args, **kwargs):
-    kwargs["on_step"] = lambda i: print(f"step {i}", flush=True)
+    def on_step(i):
+        print(f"step {i}", flush=True)
+        time.sleep(0.05)  # a floor on step time, so kills land mid-run on a fast machine
+    kwargs["on_step"] = on_step
     kwargs["progress"] = False
     return real_train(*args, **kwargs)
 T.train_cyclegan = train
@@ -123,7 +126,7 @@ def test_train_gan_survives_sigkill_and_resumes(make_dataset, tmp_path):
         else:
             target = start_ckpt + rng.randint(2, CHECKPOINT_EVERY + 2)
             lines = _read_until(proc, lambda s, t=target: s == f"step {t}")
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.1))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         kills += 1
