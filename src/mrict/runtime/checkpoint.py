@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as _serialize
 
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path, atomic_write_text
@@ -80,6 +82,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Write ``tensors`` in safetensors format to exactly ``path`` (no side files: the
+    library's own writer stages through a temporary file of its own naming, which a kill
+    would leave behind)."""
+    with open(path, "wb") as fh:
+        fh.write(_serialize(tensors))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def save_checkpoint(
