@@ -85,13 +85,18 @@ def run(s: Settings) -> Result:
                     plain(x).cpu()
 
         times = interleaved(
-            {"mrict": lambda: translate_array(gen, images, batch), "reference": reference},
+            {
+                "mrict": lambda: translate_array(gen, images, batch),
+                "mrict_auto": lambda: translate_array(gen, images, batch, "auto"),
+                "reference": reference,
+            },
             steps=rounds,
             warmup=1,
             device=s.device,
         )
     t_e2e = median(e2e[1:] if len(e2e) > 1 else e2e)
     t_m, t_r = median(times["mrict"]), median(times["reference"])
+    t_a = median(times["mrict_auto"])
     res.rows = [
         {
             "path": "reference model-only (fp32 eager)",
@@ -104,6 +109,12 @@ def run(s: Settings) -> Result:
             "slices": n_files,
             "slices/s": n_files / t_m,
             "speed-up": t_r / t_m,
+        },
+        {
+            "path": "mrict model-only, precision auto (bf16 where fast)",
+            "slices": n_files,
+            "slices/s": n_files / t_a,
+            "speed-up": t_r / t_a,
         },
         {
             "path": "mrict end to end (translate_path, DICOM in/out)",

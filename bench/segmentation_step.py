@@ -1,8 +1,8 @@
 """Segmentation training step (U-Net, batch 8, 256x256): mrict's step against a plain
 fp32 step with MONAI defaults, interleaved.
 
-mrict's step is the body of ``train_segmenter``'s loop built from its own parts
-(``build_unet``, ``DiceBCELoss``, AdamW, ``autocast_context`` at the resolved precision).
+mrict's step is ``mrict.segmentation.trainer.train_step`` (the body of ``train_segmenter``'s
+loop) with its own parts (``build_unet``, ``DiceBCELoss``, AdamW, the resolved precision).
 The reference builds the same MONAI ``UNet`` architecture, MONAI ``DiceLoss(sigmoid=True)``
 + BCE-with-logits, ``torch.optim.Adam`` and runs in plain fp32.
 """
@@ -22,10 +22,11 @@ def run(s: Settings) -> Result:
     from monai.networks.nets import UNet
 
     from mrict.config import resolve_config
-    from mrict.runtime.device import autocast_context, resolve_precision
+    from mrict.runtime.device import resolve_precision
     from mrict.segmentation.config import SEG_PRESETS, SegConfig
     from mrict.segmentation.losses import DiceBCELoss
     from mrict.segmentation.model import build_unet
+    from mrict.segmentation.trainer import train_step
 
     res = Result("segmentation", "Segmentation training step: mrict vs MONAI defaults fp32")
     cfg = resolve_config(SegConfig, SEG_PRESETS, "paper", None, {})
@@ -50,14 +51,7 @@ def run(s: Settings) -> Result:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def mrict_step() -> None:
-        model.train()
-        with autocast_context(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        float(loss.detach())
+        float(train_step(model, loss_fn, opt, x, y, device, precision))
 
     torch.manual_seed(s.seed)
     ref = UNet(

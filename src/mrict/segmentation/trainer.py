@@ -130,6 +130,28 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def train_step(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """One optimisation step on images ``x`` (B, 1, H, W) in [-1, 1] and masks ``y``
+    (B, 1, H, W) in {0, 1}: forward under autocast, loss in fp32, backward, update.
+    Returns the (detached) loss."""
+    model.train()
+    with autocast_context(device, precision):
+        logits = model(x)
+    loss = loss_fn(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def train_segmenter(
     train: SliceSet | Sequence[SliceSet],
     val: SliceSet | None,
@@ -192,13 +214,7 @@ def train_segmenter(
             items = [dataset[i] for i in idx]
             x = torch.stack([b["image"] for b in items]).to(device)
             y = torch.stack([b["mask"] for b in items]).to(device)
-            model.train()
-            with autocast_context(device, precision):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(model, loss_fn, opt, x, y, device, precision)
             sched.step()
             running.append(float(loss.detach()))
             if it % config.val_every == 0 or it == config.iterations:
