@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mrict.data.geometry import pad_to_square, resize_batch
 from mrict.data.intensity import hu_to_unit, normalise_mri
@@ -19,6 +17,7 @@ from mrict.data.io import read_slices
 from mrict.data.layout import ImageItem, discover, modality_items
 from mrict.data.slice import ImageSlice
 from mrict.errors import MrictError
+from mrict.runtime.progress import progress_bar
 
 _err = Console(stderr=True)
 
@@ -122,18 +121,6 @@ class SliceSet:
         return self.take(np.flatnonzero(self.has_mask))
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_err,
-        disable=not enabled or not sys.stderr.isatty(),
-        transient=True,
-    )
-
-
 def load_modality(
     root: str | Path,
     modality: str,
@@ -160,7 +147,7 @@ def load_modality(
     has_mask: list[bool] = []
     slices: list[ImageSlice] = []
     norms: list[dict[str, Any]] = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"reading {modality}", total=len(items))
         for item in items:
             try:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mrict import __version__
 from mrict.data.io import write_dicom, write_nifti, write_png
@@ -31,6 +28,7 @@ from mrict.phantom.render import (
 )
 from mrict.phantom.tissues import HU_RANGES, PD, T1_MS, T2_MS
 from mrict.runtime.atomic import atomic_write_text
+from mrict.runtime.progress import progress_bar
 
 OutputFormat = Literal["dicom", "nifti", "png"]
 _GROUP_CODES = {"MR": 1, "CT": 2, "PT": 3}
@@ -218,15 +216,7 @@ def simulate_dataset(
         "patients": [],
     }
     previews: list[dict[str, Any]] = []
-    bar = Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress or not sys.stderr.isatty(),
-        transient=True,
-    )
+    bar = progress_bar(progress, "simulating")
     try:
         with bar:
             task = bar.add_task("simulate", total=len(jobs))

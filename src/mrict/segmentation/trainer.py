@@ -9,15 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mrict.config import config_to_dict, save_config
 from mrict.data.datasets import SliceDataset, SliceSet
@@ -25,6 +22,7 @@ from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path, atomic_write_text
 from mrict.runtime.checkpoint import save_checkpoint
 from mrict.runtime.device import autocast_context, pick_device, resolve_precision
+from mrict.runtime.progress import progress_bar
 from mrict.runtime.seed import seed_everything
 from mrict.segmentation.config import SegConfig
 from mrict.segmentation.losses import DiceBCELoss
@@ -79,19 +77,6 @@ def validation_dice(
     pred = logits > math.log(cfg.threshold / (1.0 - cfg.threshold))
     return float(
         evaluate_masks(pred, val.masks, val.patient_ids, with_hd95=False)["summary"]["patient_dice"]
-    )
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled or not sys.stderr.isatty(),
-        transient=True,
     )
 
 
@@ -200,7 +185,7 @@ def train_segmenter(
     history: list[dict[str, Any]] = []
     running: list[float] = []
     epoch, order, pos = 0, torch.randperm(len(dataset), generator=gen), 0
-    with _progress(progress) as bar:
+    with progress_bar(progress, info=True) as bar:
         task = bar.add_task(title or "segmenter", total=config.iterations, info="")
         for it in range(1, config.iterations + 1):
             idx = []

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -128,23 +127,10 @@ class _Logger:
             )
         except Exception:  # tensorboard missing: CSV and PNGs still record everything
             self.writer = None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from mrict.runtime.progress import progress_bar
 
-        self.bar = Progress(
-            TextColumn("[bold]train-gan"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            disable=not (show_bar and sys.stderr.isatty()),
+        self.bar = progress_bar(
+            show_bar, "[bold]train-gan", info=True, elapsed=True, transient=False
         )
         self.bar.start()
         self.task = self.bar.add_task("train", total=total, completed=resume_iteration, info="")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from mrict.runtime.atomic import atomic_write_with
 from mrict.runtime.checkpoint import load_checkpoint, load_module_state
 from mrict.runtime.device import autocast_context, pick_device, resolve_precision
 from mrict.runtime.outputs import prepare_output_dir
+from mrict.runtime.progress import progress_bar
 from mrict.translation.networks import ResnetGenerator
 
 DIRECTIONS = {"mr2ct": ("MR", "CT"), "ct2mr": ("CT", "MR")}
@@ -145,25 +145,6 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_image_file(p))
 
 
-def _progress(total: int, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("translating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()),
-        transient=True,
-    )
-
-
 def translate_file(
     generator: torch.nn.Module,
     source: Path,
@@ -261,7 +242,7 @@ def translate_path(
     if clash is not None:
         raise MrictError("refusing to overwrite an input file; choose another output folder", clash)
     written: list[Path] = []
-    with _progress(len(jobs), progress) as bar:
+    with progress_bar(progress, "translating") as bar:
         task = bar.add_task("translate", total=len(jobs))
         for source, target_dir in jobs:
             written += translate_file(
