@@ -138,6 +138,29 @@ def run_suite(
     echo(f"mrict bench: {', '.join(names)} on {settings.device} ({mode}); load {load}")
     echo = _flushing(echo)
     results = []
+    # benchmarks build their own data sets: keep their prepared-slice cache out of the
+    # user's cache folder (data_io measures the cache in a folder of its own)
+    saved_cache = os.environ.get("MRICT_CACHE_DIR")
+    cache_tmp = tempfile.TemporaryDirectory(prefix="mrict-bench-cache-")
+    os.environ["MRICT_CACHE_DIR"] = cache_tmp.name
+    try:
+        results = _run_all(names, settings, isolate, echo)
+    finally:
+        cache_tmp.cleanup()
+        if saved_cache is None:
+            os.environ.pop("MRICT_CACHE_DIR", None)
+        else:
+            os.environ["MRICT_CACHE_DIR"] = saved_cache
+    if out is not None:
+        append_results(Path(out), render(results, info, settings, note))
+        echo(f"results appended to {out}")
+    return results
+
+
+def _run_all(
+    names: list[str], settings: Settings, isolate: bool, echo: Callable[[str], None]
+) -> list[Result]:
+    results = []
     for name in names:
         echo(f"-- {name} ...")
         if isolate:
@@ -151,7 +174,4 @@ def run_suite(
         results.append(r)
         echo(markdown_table(r.rows) or "\n".join(r.notes))
         echo(f"   ({r.wall_s:.1f} s, peak RSS {r.peak_rss_mb:.0f} MiB)")
-    if out is not None:
-        append_results(Path(out), render(results, info, settings, note))
-        echo(f"results appended to {out}")
     return results

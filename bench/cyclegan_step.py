@@ -22,6 +22,18 @@ from bench.flops import count_flops, peak_matmul_flops
 from bench.reference_cyclegan import ReferenceCycleGAN
 
 
+def loss_label(cfg) -> str:
+    """The loss terms a GanConfig trains with, e.g. "adv+cyc+ssim+mind"."""
+    parts = ["adv", "cyc"]
+    if cfg.lambda_identity > 0:
+        parts.append("idt")
+    if cfg.lambda_ssim > 0:
+        parts.append("ssim")
+    if cfg.feature_loss != "none" and cfg.lambda_feature > 0:
+        parts.append(cfg.feature_loss)
+    return "+".join(parts)
+
+
 def _case(label: str, preset: str, over: dict[str, Any], steps: int, same: bool) -> dict:
     return {"label": label, "preset": preset, "over": over, "steps": steps, "same": same}
 
@@ -152,7 +164,7 @@ def run(s: Settings) -> Result:
                 "size": cfg.image_size,
                 "ngf/blocks": f"{cfg.ngf}/{cfg.n_blocks}",
                 "batch": cfg.batch_size,
-                "losses": "adv+cyc+idt" if case["same"] else "adv+cyc+idt+ssim+feature",
+                "losses": loss_label(cfg),
                 "mrict precision": r["precision"],
                 "steps": len(r["project_all"]),
                 "reference s/step": r["reference_s"],

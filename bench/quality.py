@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench.common import Result, Settings, make_dataset
-from bench.cyclegan_step import _config
+from bench.cyclegan_step import _config, loss_label
 from bench.reference_cyclegan import train_reference
 
 
@@ -52,7 +52,12 @@ def run(s: Settings) -> Result:
         t_ref = time.perf_counter() - t0
         ref = _scores(evaluate_translation(ref_run, data, device=s.device, write=False))
         rows.append(
-            {"model": "reference (fp32, adv+cyc+idt)", "iterations": iters, "train s": t_ref, **ref}
+            {
+                "model": f"reference (fp32, {loss_label(base)})",
+                "iterations": iters,
+                "train s": t_ref,
+                **ref,
+            }
         )
         res.values["reference"] = ref
         for same in variants:
@@ -61,9 +66,9 @@ def run(s: Settings) -> Result:
             run_dir = train_cyclegan(data, work / f"mrict_{same}", cfg, progress=False)
             t = time.perf_counter() - t0
             sc = _scores(evaluate_translation(run_dir, data, device=s.device, write=False))
-            label = "adv+cyc+idt" if same else "all losses"
+            label = loss_label(cfg)
             rows.append({"model": f"mrict ({label})", "iterations": iters, "train s": t, **sc})
-            res.values[f"mrict_{label}"] = sc
+            res.values[f"mrict_{'same' if same else 'all'}"] = sc
         res.rows = rows
     res.notes.append(
         f"quick preset architecture with {over or 'no'} overrides, {iters} iterations, "

@@ -12,6 +12,14 @@ from mrict.data.io import write_dicom, write_nifti
 from mrict.data.raster_io import native_to_stored, write_png
 
 
+@pytest.fixture(autouse=True)
+def _isolated_slice_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Give every test its own prepared-slice cache folder (never the user's ~/.cache)."""
+    monkeypatch.setenv("MRICT_CACHE_DIR", str(tmp_path_factory.mktemp("slice-cache")))
+
+
 def brainlike(rng: np.random.Generator, size: int, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """A head-like slice in native units (HU for CT) and its tumour mask (0/1)."""
     yy, xx = np.mgrid[:size, :size] / size - 0.5

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from mrict.data import cache as slice_cache
 from mrict.data.geometry import pad_to_square, resize_batch
 from mrict.data.intensity import hu_to_unit, normalise_mri
 from mrict.data.io import read_slices
@@ -80,7 +81,9 @@ class SliceSet:
 
     ``images`` (N, H, W) float32 in [-1, 1]; ``masks`` (N, H, W) uint8 {0, 1} (zeros where
     ``has_mask`` is False); ``patient_ids`` and ``slices`` (the source slices, for writing
-    back) per row; ``norm`` the per-slice intensity mapping.
+    back) per row; ``norm`` the per-slice intensity mapping. After a load from the slice
+    cache the ``slices`` are :class:`~mrict.data.cache.LazySlice` objects, which read their
+    native ``pixels`` and ``meta`` from the source file on first use.
     """
 
     modality: str
@@ -130,6 +133,7 @@ def load_modality(
     mask_threshold: float | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    cache: bool = True,
 ) -> SliceSet:
     """Read, validate and prepare every slice of ``modality`` ("CT" or "MR") under ``root``.
 
@@ -137,16 +141,75 @@ def load_modality(
     square and resized to ``size`` (anti-aliased; masks nearest). The first bad file stops
     with :class:`MrictError`, unless ``skip_bad`` where it is reported through ``warn`` and
     skipped. Rows are ordered by patient, file and slice index.
+
+    With ``cache`` (and ``MRICT_NO_CACHE`` unset) the prepared result is stored in the
+    slice cache (:mod:`mrict.data.cache`) and a later call on unchanged files with the same
+    options returns it without decoding anything; the result, including the skipped-file
+    warnings, is the same as a fresh read.
     """
     modality = modality.upper()
     index = discover(root)
     items = modality_items(index, modality)
     warn = warn or (lambda msg: _err.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    root = Path(root)
+    key: str | None = None
+    files = slice_cache.fingerprints(items) if slice_cache.cache_enabled(cache) else None
+    if files is not None:
+        key = slice_cache.cache_key(
+            files,
+            modality=modality,
+            size=size,
+            mask_threshold=mask_threshold,
+            skip_bad=skip_bad,
+        )
+        entry = slice_cache.load_entry(key, size)
+        if entry is not None:
+            for exc in slice_cache.skipped_errors(entry, root):
+                warn(f"skipped {exc.one_line()}")
+            return SliceSet(
+                modality,
+                entry.images,
+                entry.masks,
+                entry.has_mask,
+                entry.patient_ids,
+                slice_cache.restore_slices(entry, root, modality, slice_cache.file_stats(files)),
+                entry.norm,
+            )
+    result, skipped = _read_modality(
+        items, modality, size, mask_threshold, skip_bad, warn, progress, index.image_dirs[modality]
+    )
+    if key is not None:
+        entry = slice_cache.make_entry(
+            result.images,
+            result.masks,
+            result.has_mask,
+            result.slices,
+            result.norm,
+            skipped,
+            root,
+        )
+        slice_cache.save_entry(key, entry, warn)
+    return result
+
+
+def _read_modality(
+    items: list[ImageItem],
+    modality: str,
+    size: int,
+    mask_threshold: float | None,
+    skip_bad: bool,
+    warn: Callable[[str], None],
+    progress: bool,
+    image_dir: Path,
+) -> tuple[SliceSet, list[MrictError]]:
+    """Decode and prepare ``items`` (see :func:`load_modality`); also returns the errors of
+    the skipped files."""
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     has_mask: list[bool] = []
     slices: list[ImageSlice] = []
     norms: list[dict[str, Any]] = []
+    skipped: list[MrictError] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"reading {modality}", total=len(items))
         for item in items:
@@ -156,6 +219,7 @@ def load_modality(
                 if not skip_bad:
                     raise
                 warn(f"skipped {exc.one_line()}")
+                skipped.append(exc)
                 bar.advance(task)
                 continue
             for k, s in enumerate(item_slices):
@@ -168,7 +232,7 @@ def load_modality(
                 norms.append(norm)
             bar.advance(task)
     if not slices:
-        raise MrictError(f"no readable {modality} images", index.image_dirs[modality])
+        raise MrictError(f"no readable {modality} images", image_dir)
     images_out = np.empty((len(slices), size, size), np.float32)
     masks_out = np.empty((len(slices), size, size), np.uint8)
     by_side: dict[int, list[int]] = {}
@@ -193,7 +257,7 @@ def load_modality(
         slices,
         norms,
     )
-    return result.take(order)
+    return result.take(order), skipped
 
 
 class SliceDataset(torch.utils.data.Dataset):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mrict.translation.head_conv import HeadConv2d
+
 
 class ResidualBlock(nn.Module):
     """Two 3x3 convolutions with reflection padding and instance norm, plus the skip."""
@@ -29,10 +31,20 @@ class ResnetGenerator(nn.Module):
     """(B, in_ch, H, W) in [-1, 1] -> (B, out_ch, H, W) in [-1, 1] (tanh); H, W divisible by 4.
 
     7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks at ``4 * ngf``
-    channels, two transposed-convolution upsamplings, 7x7 head.
+    channels, two transposed-convolution upsamplings, 7x7 head. With ``fast_head`` (and
+    ``out_ch == 1``) the head is a :class:`HeadConv2d`: the same convolution, about 3x
+    faster on CPU; weights and state dict are unchanged.
     """
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, ngf: int = 64, n_blocks: int = 9) -> None:
+    def __init__(
+        self,
+        in_ch: int = 1,
+        out_ch: int = 1,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        *,
+        fast_head: bool = True,
+    ) -> None:
         super().__init__()
         self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
         layers: list[nn.Module] = [
@@ -57,7 +69,8 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             ch //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        head = HeadConv2d(ch, 7) if fast_head and out_ch == 1 else nn.Conv2d(ch, out_ch, 7)
+        layers += [nn.ReflectionPad2d(3), head, nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
