@@ -56,23 +56,25 @@ def run(s: Settings) -> Result:
                 slice_index=i,
             )
         # end to end: read files, normalise, translate, write DICOM (mrict's translate path)
-        e2e = []
+        e2e: dict[str, list[float]] = {"fp32": [], "auto": []}
         for r in range(rounds):
-            out = tmp_p / f"out{r}"
-            e2e.append(
-                time_call(
-                    lambda out=out: translate_path(
-                        run_dir,
-                        src,
-                        out,
-                        "mr2ct",
-                        batch_size=batch,
-                        device=s.device,
-                        progress=False,
-                    ),
-                    s.device,
+            for prec, times_p in e2e.items():
+                out = tmp_p / f"out_{prec}{r}"
+                times_p.append(
+                    time_call(
+                        lambda out=out, prec=prec: translate_path(
+                            run_dir,
+                            src,
+                            out,
+                            "mr2ct",
+                            batch_size=batch,
+                            device=s.device,
+                            precision=prec,
+                            progress=False,
+                        ),
+                        s.device,
+                    )
                 )
-            )
         # model only: mrict's translate_array vs the plain reference on the same network
         gen = load_generators(run_dir, s.device)["mr2ct"]
         images = rng.uniform(-1, 1, (n_files, size, size)).astype(np.float32)
@@ -98,7 +100,8 @@ def run(s: Settings) -> Result:
             warmup=1,
             device=s.device,
         )
-    t_e2e = median(e2e[1:] if len(e2e) > 1 else e2e)
+    t_e2e = median(e2e["fp32"][1:] if rounds > 1 else e2e["fp32"])
+    t_e2e_a = median(e2e["auto"][1:] if rounds > 1 else e2e["auto"])
     t_m, t_r = median(times["mrict"]), median(times["reference"])
     t_a = median(times["mrict_auto"])
     res.rows = [
@@ -121,16 +124,23 @@ def run(s: Settings) -> Result:
             "speed-up": t_r / t_a,
         },
         {
-            "path": "mrict end to end (translate_path, DICOM in/out)",
+            "path": "mrict end to end (translate_path, DICOM in/out), fp32",
             "slices": n_files,
             "slices/s": n_files / t_e2e,
             "speed-up": t_r / t_e2e,
+        },
+        {
+            "path": "mrict end to end, --precision auto",
+            "slices": n_files,
+            "slices/s": n_files / t_e2e_a,
+            "speed-up": t_r / t_e2e_a,
         },
     ]
     res.values = {
         "reference_s": t_r,
         "mrict_model_s": t_m,
         "mrict_e2e_s": t_e2e,
+        "mrict_e2e_auto_s": t_e2e_a,
         "size": size,
         "ngf": ngf,
         "n_blocks": blocks,

@@ -151,6 +151,50 @@ def test_mutated_checkpoint_files_end_in_a_user_error(which, ops, verify):
 def test_feature_loss_weights_reader_never_executes_a_pickle(tmp_path):
     losses = pytest.importorskip("mrict.translation.losses")
     evil, marker = _malicious(tmp_path, ".pth")
+    # without the explicit option a pickle is refused, naming the option that allows it
     with pytest.raises(MrictError) as info:
         losses.read_weights(evil)
+    text = str(info.value)
+    assert "\n" not in text and "pickle" in text and evil.name in text
+    assert "feature_weights_allow_pickle" in text and "--feature-weights-allow-pickle" in text
+    # with it, the restricted unpickler reports the payload instead of running it
+    with pytest.raises(MrictError, match="unsafe content") as info:
+        losses.read_weights(evil, allow_pickle=True)
     assert "\n" not in str(info.value) and not marker.exists()
+    with pytest.raises(MrictError, match="feature_weights_allow_pickle"):
+        losses.build_feature_loss("vgg16", evil)
+    with pytest.raises(MrictError, match="unsafe content"):
+        losses.build_feature_loss("vgg16", evil, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_feature_loss_weights_pickle_opt_in_loads_plain_tensors(tmp_path):
+    losses = pytest.importorskip("mrict.translation.losses")
+    net = losses.Vgg16Features()
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # DataParallel prefix
+    torch.save({"state_dict": state}, tmp_path / "vgg.pth")
+    loss = losses.build_feature_loss("vgg16", tmp_path / "vgg.pth", allow_pickle=True)
+    for key, tensor in net.state_dict().items():
+        assert torch.equal(loss.net.state_dict()[key], tensor), key
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(tmp_path / "vgg.safetensors"))  # no option needed
+    assert losses.read_weights(tmp_path / "vgg.safetensors").keys() == net.state_dict().keys()
+
+
+def test_train_gan_exposes_the_feature_weights_pickle_option(tmp_path, monkeypatch):
+    trainer = pytest.importorskip("mrict.translation.trainer")
+    from mrict.cli import run
+
+    seen = []
+
+    def fake_train(data, out, cfg, **kwargs):
+        seen.append(cfg.feature_weights_allow_pickle)
+        return Path(out)
+
+    monkeypatch.setattr(trainer, "train_cyclegan", fake_train)
+    argv = ["train-gan", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert run(argv) == 0 and run([*argv, "--feature-weights-allow-pickle"]) == 0
+    (tmp_path / "gan.yaml").write_text("feature_weights_allow_pickle: true\n")
+    assert run([*argv, "--config", str(tmp_path / "gan.yaml")]) == 0
+    assert seen == [False, True, True]

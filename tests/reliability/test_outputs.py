@@ -232,3 +232,118 @@ def test_cli_full_or_read_only_disk_is_one_line_and_leaves_nothing(
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts)
     ]
     assert visible == [], visible
+
+
+@pytest.fixture
+def seg_run(make_dataset, tmp_path):
+    """A tiny trained segmenter and a folder of MR images to segment."""
+    import torch
+
+    from mrict.data.datasets import load_modality
+    from mrict.segmentation.config import SegConfig
+    from mrict.segmentation.trainer import train_segmenter
+
+    root = make_dataset("png", patients=1, slices=2, size=32, modalities=("MR",))
+    cfg = SegConfig(image_size=32, channels=(4, 8), num_res_units=1, batch_size=2, iterations=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_modality(root, "MR", size=32, progress=False)
+        run_dir = train_segmenter(data, None, tmp_path / "segrun", cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir, root / "MR" / "image_MR"
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_segment_output_guards(seg_run, tmp_path, capsys, monkeypatch):
+    run_dir, images = seg_run
+    before = _snapshot(images.parent.parent), _snapshot(run_dir)
+    one = sorted(images.iterdir())[0]
+    for inp, out, needle in (
+        (images, images, "same as the input"),
+        (images, images / "masks", "inside the input"),
+        (one, images, "contains the input"),
+        (images, run_dir, "same as the input"),
+        (images, run_dir / "masks", "inside the input"),
+    ):
+        assert run(["segment", str(run_dir), str(inp), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (images / "masks").exists() and not (run_dir / "masks").exists()
+    # a non-empty output folder needs --overwrite; what it held stays
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert run(["segment", str(run_dir), str(images), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert run(["segment", str(run_dir), str(images), str(out), "--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "notes.txt" in names and len(names) == 1 + len(list(images.iterdir()))
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (_snapshot(images.parent.parent), _snapshot(run_dir)) == before
+    # an unwritable destination is one line, found before the model is even loaded
+    monkeypatch.setattr(tempfile, "mkstemp", _refusing(errno.EROFS))
+    assert run(["segment", str(run_dir), str(images), str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output folder" in err and err.count("\n") == 1
+
+
+def _refusing(err):
+    def refuse(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    return refuse
+
+
+def test_study_output_guards(tmp_path, capsys, monkeypatch):
+    from mrict.study.run import STUDY_MARKER, check_study_folder
+
+    data = tmp_path / "data"
+    (data / "MR" / "image_MR").mkdir(parents=True)
+    (data / "MR" / "image_MR" / "a.png").write_bytes(b"x")
+    base = ["study", str(data), "--seeds", "1", "--out"]
+    for out, needle in (
+        (data, "same as the input"),
+        (data / "study", "inside the input"),
+        (data / "MR", "inside the input"),
+        (tmp_path, "contains the input"),
+    ):
+        assert run([*base, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert sorted(p.name for p in data.rglob("*")) == ["MR", "a.png", "image_MR"]
+    # a non-empty folder that is not a study is left alone unless --overwrite
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"jpeg")
+    assert run([*base, str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no mrict study" in err and "--overwrite" in err and err.count("\n") == 1
+    assert sorted(p.name for p in other.iterdir()) == ["holiday.jpg"]
+    check_study_folder(other, data, overwrite=True)  # allowed when asked for
+    # an interrupted or finished study folder is continued (its finished runs are kept)
+    study = tmp_path / "study"
+    (study / "runs").mkdir(parents=True)
+    (study / STUDY_MARKER).write_text('{"kind": "mrict-study"}')
+    check_study_folder(study, data)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "results.json").write_text("{}")
+    check_study_folder(legacy, data)
+    (study / STUDY_MARKER).write_text("not json")  # a damaged marker proves nothing
+    with pytest.raises(MrictError, match="holds no mrict study"):
+        check_study_folder(study, data)
+    (tmp_path / "afile").write_text("x")
+    assert run([*base, str(tmp_path / "afile")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    for err_no in (errno.EACCES, errno.ENOSPC):
+        monkeypatch.setattr(tempfile, "mkstemp", _refusing(err_no))
+        assert run([*base, str(tmp_path / "new")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write to output folder" in err and err.count("\n") == 1, err

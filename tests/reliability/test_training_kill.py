@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from mrict.cli import run
@@ -29,6 +28,7 @@ ITERATIONS = 40
 _CHILD = r"""
 import os, sys, time
 import mrict.runtime.checkpoint as C
+import mrict.segmentation.trainer as S
 import mrict.translation.trainer as T
 
 real_save_file = C.save_file
@@ -47,6 +47,16 @@ def train(*args, **kwargs):
     kwargs["progress"] = False
     return real_train(*args, **kwargs)
 T.train_cyclegan = train
+
+real_seg = S.train_segmenter
+def train_seg(*args, **kwargs):
+    def on_step(i):
+        print(f"step {i}", flush=True)
+        time.sleep(0.05)
+    kwargs["on_step"] = on_step
+    kwargs["progress"] = False
+    return real_seg(*args, **kwargs)
+S.train_segmenter = train_seg
 
 from mrict.cli import run
 sys.exit(run(sys.argv[1:]))
@@ -164,8 +174,94 @@ def test_train_gan_survives_sigkill_and_resumes(make_dataset, tmp_path):
             assert torch.equal(got[name][key], tensor), (name, key)
 
 
-def test_train_seg_survives_sigkill_and_resumes(make_dataset, tmp_path, capsys):
-    run(["train-seg", "--help"])
-    if "--resume" not in capsys.readouterr().out:
-        pytest.skip("train-seg has no --resume option yet")
-    pytest.skip("train-seg resume hook not wired into this test yet")
+SEG_ITERATIONS = 24
+
+# augmentation and dropout on, so the data order, augmentation epoch and RNG states all
+# have to be restored for the resumed run to end on the same weights
+_SEG_CONFIG = f"""
+image_size: 32
+channels: [4, 8]
+num_res_units: 1
+norm: batch
+augment: true
+dropout: 0.1
+batch_size: 4
+iterations: {SEG_ITERATIONS}
+val_every: 6
+checkpoint_every: {CHECKPOINT_EVERY}
+patience: 0
+precision: fp32
+device: cpu
+"""
+
+
+def _all_steps(proc: subprocess.Popen, lines: list[str]) -> tuple[list[int], str]:
+    """Steps printed by a finished ``proc`` (``lines`` already read) and its stderr."""
+    rest, err = proc.communicate(timeout=60)
+    return _steps(lines + rest.splitlines()), err
+
+
+def test_train_seg_survives_sigkill_and_sigint_and_resumes(make_dataset, tmp_path, capsys):
+    data = make_dataset("png", patients=5, slices=2, size=32, modalities=("MR",))
+    (tmp_path / "seg.yaml").write_text(_SEG_CONFIG)
+    run_dir = tmp_path / "run"
+    base = ["train-seg", str(data), "--modality", "MR", "--out", str(run_dir), "--seed", "3"]
+    base += ["--config", str(tmp_path / "seg.yaml")]
+    rng = random.Random(5)
+    plan = ["random", "during-save", "sigint", "random"]
+    resumed_from, checkpoints, kills = [], [], 0
+    for attempt, mode in enumerate(plan):
+        # a resumed run reads RUN/config.yaml; --config is only needed the first time
+        argv = base + (["--resume"] if attempt else [])
+        start_ckpt = _checkpoint_iteration(run_dir)
+        proc = _start(argv, slow=1.0 if mode == "during-save" else 0.0)
+        if mode == "during-save":
+            lines = _read_until(proc, lambda s: s == "saving")
+        else:
+            target = start_ckpt + rng.randint(2, CHECKPOINT_EVERY + 2)
+            lines = _read_until(proc, lambda s, t=target: s == f"step {t}")
+            time.sleep(rng.uniform(0.0, 0.1))
+        proc.send_signal(signal.SIGINT if mode == "sigint" else signal.SIGKILL)
+        steps, err = _all_steps(proc, lines)
+        assert steps, (mode, lines, err)
+        if attempt:
+            resumed_from.append(steps[0] - 1)
+        reached, saved = max(steps), _checkpoint_iteration(run_dir)
+        if mode == "sigint":
+            # a clean stop: checkpoint of the last finished step, exit 130, exact resume line
+            assert proc.returncode == 130, err
+            assert saved == reached, (saved, reached)
+            last = err.strip().splitlines()[-1]
+            assert last.startswith("error: ") and f"stopped at step {reached}" in last, err
+            assert last.endswith(" ".join(base[:-2]) + " --resume"), last
+        else:
+            kills += 1
+            assert proc.returncode == -signal.SIGKILL
+            assert reached - saved <= CHECKPOINT_EVERY, (reached, saved)
+        assert saved >= start_ckpt and not (run_dir / "model.json").exists()
+        checkpoints.append(saved)
+        leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+        assert all(n.endswith(".partial") for n in leftovers), leftovers
+    proc = _start(base + ["--resume"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    steps = _steps(out.splitlines())
+    assert steps and steps[-1] == SEG_ITERATIONS, out
+    resumed_from.append(steps[0] - 1)
+    # every restart picked up exactly at the last complete checkpoint
+    assert resumed_from == checkpoints, (resumed_from, checkpoints)
+    assert kills == 3
+    # a finished run keeps its model and drops the checkpoint; it cannot be resumed again
+    assert (run_dir / "model.json").is_file() and not (run_dir / "checkpoint.json").exists()
+    assert run(base + ["--resume"]) == 2
+    assert "finished run" in capsys.readouterr().err
+    # the same weights, byte for byte, as an uninterrupted run with the same seed
+    ref = tmp_path / "reference"
+    proc = _start([*base[:5], str(ref), *base[6:]])  # same thread count as the killed runs
+    assert proc.communicate(timeout=300)[0] and proc.returncode == 0
+    got, want = load_checkpoint(run_dir / "model")[0], load_checkpoint(ref / "model")[0]
+    assert got["unet"].keys() == want["unet"].keys()
+    for key, tensor in want["unet"].items():
+        assert torch.equal(got["unet"][key], tensor), key
+    assert (run_dir / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert (run_dir / "history.csv").read_text() == (ref / "history.csv").read_text()

@@ -123,7 +123,9 @@ def test_resnet50_feature_loss_from_local_pth(tmp_path: Path) -> None:
     state = _random_state(Resnet50Features(), {"fc.weight": torch.zeros(1000, 2048)})
     path = tmp_path / "resnet50.pth"
     torch.save(state, path)
-    loss = PretrainedFeatureLoss("resnet50", path)
+    with pytest.raises(MrictError, match="feature_weights_allow_pickle"):
+        PretrainedFeatureLoss("resnet50", path)  # a pickle needs the explicit option
+    loss = PretrainedFeatureLoss("resnet50", path, allow_pickle=True)
     loss.train()
     assert not loss.net.training  # batch-norm statistics stay frozen
     _check_loss(loss, _images(7), _images(8).flip(-1), tol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -15,6 +16,19 @@ def _modality(value: str) -> str:
     if value not in ("CT", "MR", "MRI"):
         raise MrictError(f"unknown modality {value!r} (use CT or MR)")
     return "MR" if value == "MRI" else value
+
+
+def _resume_command(
+    data: Path, mod: str, out: Path, seed: int, label_fraction: float, extra: list[Path]
+) -> str:
+    """The exact ``mrict train-seg ... --resume`` line that continues this run."""
+    parts = ["mrict train-seg", shlex.quote(str(data)), "--modality", mod]
+    parts += ["--out", shlex.quote(str(out)), "--seed", str(seed)]
+    if label_fraction != 1.0:
+        parts += ["--label-fraction", f"{label_fraction:g}"]
+    for folder in extra:
+        parts += ["--extra", shlex.quote(str(folder))]
+    return " ".join([*parts, "--resume"])
 
 
 def train_seg_command(
@@ -30,39 +44,50 @@ def train_seg_command(
         1.0, "--label-fraction", help="Fraction of the train patients whose masks are used."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    preset: str = typer.Option("quick", "--preset", help="quick or paper."),
+    preset: str | None = typer.Option(None, "--preset", help="quick or paper. Default quick."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of SegConfig options."),
     iterations: int | None = typer.Option(None, "--iterations", help="Override iterations."),
     image_size: int | None = typer.Option(None, "--image-size", help="Override image size."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in --out exactly."
+    ),
 ) -> None:
     """Train a U-Net on DATA's train split, selected on its validation split."""
     from mrict.config import resolve_config
     from mrict.data.datasets import load_modality
     from mrict.data.splits import split_patients
     from mrict.segmentation.config import SEG_PRESETS, SegConfig
-    from mrict.segmentation.trainer import train_segmenter
+    from mrict.segmentation.trainer import check_run_folder, train_segmenter
     from mrict.study.scenarios import label_subset
 
     mod = _modality(modality)
-    cfg = resolve_config(
-        SegConfig,
-        SEG_PRESETS,
-        preset,
-        config,
-        {"iterations": iterations, "image_size": image_size, "device": device},
-    )
+    overrides = {"iterations": iterations, "image_size": image_size, "device": device}
+    saved = out / "config.yaml"
+    if resume and preset is None and config is None and saved.is_file():
+        cfg = resolve_config(SegConfig, None, None, saved, overrides)
+    else:
+        cfg = resolve_config(SegConfig, SEG_PRESETS, preset or "quick", config, overrides)
     if not 0.0 < label_fraction <= 1.0:
         raise MrictError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-    if (out / "model.json").exists():
-        raise MrictError("run folder already holds a model; choose another --out", out)
+    if not check_run_folder(out, resume) and resume:
+        typer.echo("no checkpoint was saved yet: training starts from the beginning", err=True)
     full = load_modality(data, mod, size=cfg.image_size)
     splits = split_patients(full.patients(), seed=cfg.split_seed)
     train = label_subset(full.select(splits["train"]), label_fraction, cfg.split_seed)
     sets = [train]
     for folder in extra:
         sets.append(load_modality(folder, mod, size=cfg.image_size))
-    run = train_segmenter(sets, full.select(splits["val"]), out, cfg, seed, title=f"U-Net {mod}")
+    run = train_segmenter(
+        sets,
+        full.select(splits["val"]),
+        out,
+        cfg,
+        seed,
+        title=f"U-Net {mod}",
+        resume=resume,
+        resume_command=_resume_command(data, mod, out, seed, label_fraction, extra),
+    )
     typer.echo(f"segmenter written to {run}")
 
 
@@ -71,11 +96,23 @@ def segment_command(
     input: Path = typer.Argument(..., help="Image file, DICOM series or folder of images."),
     output: Path = typer.Argument(..., help="Output folder for the masks."),
     seed: int = typer.Option(0, "--seed", help="Random seed (inference is deterministic)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty output folder (inputs are never touched).",
+    ),
 ) -> None:
     """Write tumour masks for INPUT in the input's format."""
+    from mrict.runtime.outputs import prepare_output_dir
     from mrict.runtime.seed import seed_everything
     from mrict.segmentation.predict import segment_path
 
+    if not input.exists():
+        raise MrictError("input not found", input)
+    if not (run / "model.json").is_file():
+        raise MrictError("no trained segmenter in this folder (model.json)", run)
+    # the masks never land in, over or around the images or the model they come from
+    prepare_output_dir(output, inputs=[input, run], overwrite=overwrite)
     seed_everything(seed)
     written = segment_path(run, input, output)
     typer.echo(f"{len(written)} mask file(s) written to {output}")

@@ -50,6 +50,12 @@ def study_command(
     gan_iterations: int | None = typer.Option(
         None, "--gan-iterations", help="Override CycleGAN iterations."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty folder that holds no study (a study folder is always "
+        "continued: finished runs are kept).",
+    ),
 ) -> None:
     """Segmenters trained with and without translated data, scored on the same test patients."""
     from mrict.study.run import run_study
@@ -67,6 +73,7 @@ def study_command(
         seed=seed,
         seg_overrides={"iterations": iterations},
         gan_overrides={"iterations": gan_iterations} if gan_iterations else None,
+        overwrite=overwrite,
     )
     typer.echo(f"study finished in {time.time() - t0:.0f} s; report: {study / 'report.html'}")
 

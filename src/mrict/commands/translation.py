@@ -28,6 +28,12 @@ def train_gan_command(
         None, "--precision", help="auto, fp32, bf16 or fp16 (GPU)."
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    feature_weights_allow_pickle: bool | None = typer.Option(
+        None,
+        "--feature-weights-allow-pickle",
+        help="Let a .pth/.pt feature_weights file be read (torch.load(weights_only=True)); "
+        "by default only safetensors are read.",
+    ),
 ) -> None:
     """Train the CycleGAN (MRI <-> CT) on the unlabelled train split of both modalities.
     Several GPUs or nodes: launch through ``torchrun`` with the same arguments."""
@@ -43,6 +49,7 @@ def train_gan_command(
         "precision": precision,
         "device": device,
         "iterations": iterations,
+        "feature_weights_allow_pickle": feature_weights_allow_pickle,
     }
     if epochs is not None:
         overrides.update(epochs=epochs, iterations=0)

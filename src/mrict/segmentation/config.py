@@ -44,6 +44,11 @@ class SegConfig:
     # runtime
     precision: Precision = "auto"
     device: str = "auto"
+    #: iterations between resumable checkpoints (RUN/checkpoint.*); 0 = only on SIGINT/SIGTERM
+    checkpoint_every: int = 100
+    #: a NaN/Inf loss term: "stop" (names the step and term, keeps the last good checkpoint)
+    #: or "skip" (drops that step's update; stops after 20 bad steps in a row)
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 #: ``quick``: the CPU demo (16 U-Nets in a few minutes on 2 cores; 96 px like the quick
@@ -61,6 +66,7 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
         "iterations": 300,
         "val_every": 50,
         "patience": 0,
+        "checkpoint_every": 100,
     },
     "paper": {
         "image_size": 256,
@@ -71,5 +77,9 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
         "iterations": 6000,
         "val_every": 250,
         "patience": 8,
+        "checkpoint_every": 500,
     },
 }
+
+#: fields that may differ when resuming a run: they do not change the training trajectory
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "nonfinite", "device"})

@@ -1,15 +1,19 @@
 """U-Net training: iteration-based, augmented on the fly, selected on the validation split.
 
 A run folder holds ``config.yaml``, ``model.{safetensors,json}`` (the selected weights),
-``history.csv`` (training loss and validation Dice) and ``loss_curve.png``.
+``history.csv`` (training loss and validation Dice) and ``loss_curve.png``; while training,
+``checkpoint.{safetensors,json}`` holds everything needed to resume exactly.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +24,20 @@ from mrict.config import config_to_dict, save_config
 from mrict.data.datasets import SliceDataset, SliceSet
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path, atomic_write_text
-from mrict.runtime.checkpoint import save_checkpoint
+from mrict.runtime.checkpoint import load_checkpoint, load_module_state, save_checkpoint
 from mrict.runtime.device import autocast_context, pick_device, resolve_precision
+from mrict.runtime.interrupt import TrainingInterrupted, stop_on_signals
+from mrict.runtime.numerics import LossGuard
 from mrict.runtime.progress import progress_bar
-from mrict.runtime.seed import seed_everything
-from mrict.segmentation.config import SegConfig
+from mrict.runtime.seed import rng_state, seed_everything
+from mrict.segmentation.config import RESUMABLE_CHANGES, SegConfig
 from mrict.segmentation.losses import DiceBCELoss
 from mrict.segmentation.metrics import evaluate_masks
 from mrict.segmentation.model import build_unet
 
 MODEL = "model"
+CHECKPOINT = "checkpoint"
+CHECKPOINT_KIND = "mrict-segmenter-checkpoint"
 
 
 def concat_slice_sets(sets: Sequence[SliceSet]) -> SliceSet:
@@ -115,6 +123,20 @@ def _write_history(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def loss_terms(
+    loss_fn: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The weighted terms of the training loss (their sum is ``loss_fn(logits, y)``):
+    ``{"dice": ..., "bce": ...}`` for :class:`DiceBCELoss`, else ``{"loss": ...}``."""
+    if isinstance(loss_fn, DiceBCELoss):
+        logits = logits.float()
+        return {
+            "dice": loss_fn.lambda_dice * loss_fn.dice(logits, y),
+            "bce": loss_fn.lambda_bce * loss_fn.bce(logits, y),
+        }
+    return {"loss": loss_fn(logits, y)}
+
+
 def train_step(
     model: torch.nn.Module,
     loss_fn: torch.nn.Module,
@@ -123,18 +145,74 @@ def train_step(
     y: torch.Tensor,
     device: torch.device,
     precision: str,
+    check: Callable[[dict[str, torch.Tensor]], bool] | None = None,
 ) -> torch.Tensor:
     """One optimisation step on images ``x`` (B, 1, H, W) in [-1, 1] and masks ``y``
     (B, 1, H, W) in {0, 1}: forward under autocast, loss in fp32, backward, update.
-    Returns the (detached) loss."""
+
+    ``check(terms)`` (optional) sees the loss terms before the update; when it returns
+    False the update is skipped. Returns the (detached) loss."""
     model.train()
     with autocast_context(device, precision):
         logits = model(x)
-    loss = loss_fn(logits, y)
+    terms = loss_terms(loss_fn, logits, y)
+    loss = terms["loss"] if "loss" in terms else terms["dice"] + terms["bce"]
+    if check is not None and not check(terms):
+        return loss.detach()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+def data_fingerprint(data: SliceSet) -> str:
+    """Short digest of the training slices (images, masks, patients): a resumed run must
+    see exactly the data the interrupted one saw."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(data.images).tobytes())
+    digest.update(np.ascontiguousarray(data.masks).tobytes())
+    digest.update("\0".join(data.patient_ids).encode())
+    return digest.hexdigest()
+
+
+def check_run_folder(out: str | Path, resume: bool) -> bool:
+    """Validate ``out`` for a new (``resume=False``) or resumed run before any work.
+
+    Refuses a finished run (it holds ``model.json``), a folder holding a checkpoint
+    without ``resume``, and ``resume`` on a folder that is not a run. Returns True when
+    there is a checkpoint to resume from (``resume`` on a run stopped before its first
+    checkpoint starts again from the beginning and returns False).
+    """
+    out = Path(out)
+    if (out / f"{MODEL}.json").exists():
+        raise MrictError(
+            "run folder already holds a model (finished run); choose another --out", out
+        )
+    has_ckpt = (out / f"{CHECKPOINT}.json").is_file()
+    if not resume:
+        if has_ckpt:
+            raise MrictError(
+                "run folder holds an interrupted run's checkpoint; pass --resume to continue "
+                "it or choose another --out",
+                out,
+            )
+        return False
+    if not has_ckpt and not (out / "config.yaml").is_file():
+        raise MrictError("nothing to resume: no checkpoint in this run folder", out)
+    return has_ckpt
+
+
+def _config_differences(saved: dict[str, Any], new: SegConfig) -> list[str]:
+    now = config_to_dict(new)
+    return [
+        f.name
+        for f in fields(SegConfig)
+        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != now.get(f.name)
+    ]
+
+
+def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def train_segmenter(
@@ -146,12 +224,22 @@ def train_segmenter(
     *,
     progress: bool = True,
     title: str = "",
+    resume: bool = False,
+    resume_command: str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> Path:
     """Train a U-Net on the labelled slices of ``train`` and return the run folder.
 
     Every ``config.val_every`` iterations the model is scored on ``val`` (mean per-patient
     Dice, labelled slices only); the best-scoring weights are saved (ties keep the earlier
     model). Without a usable validation set the final model is saved. Same seed -> same run.
+
+    Every ``config.checkpoint_every`` iterations (and on SIGINT/SIGTERM, which then raise
+    :class:`TrainingInterrupted` naming ``resume_command``) the whole training state goes
+    to ``RUN/checkpoint.{safetensors,json}``; ``resume=True`` continues from it bit-exactly
+    (same data, seed and config required). The checkpoint is removed once the model is
+    written. A NaN/Inf loss term stops training (or skips the step, ``nonfinite="skip"``).
+    ``on_step(iteration)`` is called after every completed step (after its checkpoint).
     """
     out = Path(out_dir)
     sets = [train] if isinstance(train, SliceSet) else list(train)
@@ -167,6 +255,36 @@ def train_segmenter(
         val_set = None
     if config.iterations < 1 or config.val_every < 1 or config.batch_size < 1:
         raise MrictError("iterations, val_every and batch_size must be >= 1")
+    if config.checkpoint_every < 0:
+        raise MrictError(f"checkpoint_every must be >= 0, got {config.checkpoint_every}")
+    guard = LossGuard(config.nonfinite)
+    has_ckpt = check_run_folder(out, resume)
+    fingerprint = data_fingerprint(data)
+    val_fingerprint = data_fingerprint(val_set) if val_set is not None else ""
+    ckpt: dict[str, Any] | None = None
+    ckpt_json = out / f"{CHECKPOINT}.json"
+    if has_ckpt:
+        ckpt, meta = load_checkpoint(out / CHECKPOINT)
+        if meta.get("kind") != CHECKPOINT_KIND:
+            raise MrictError("not a segmentation training checkpoint", ckpt_json)
+        changed = _config_differences(meta.get("config", {}), config)
+        if changed:
+            raise MrictError(
+                f"cannot resume with a different {', '.join(changed)} (only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)",
+                out,
+            )
+        if meta.get("seed") != seed:
+            raise MrictError(
+                f"cannot resume with a different seed ({seed}; the run used {meta.get('seed')})",
+                out,
+            )
+        if (meta.get("data"), meta.get("val_data")) != (fingerprint, val_fingerprint):
+            raise MrictError(
+                "cannot resume with different training or validation data (data folder, "
+                "--extra or --label-fraction changed)",
+                out,
+            )
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     seed_everything(seed)
@@ -185,9 +303,79 @@ def train_segmenter(
     history: list[dict[str, Any]] = []
     running: list[float] = []
     epoch, order, pos = 0, torch.randperm(len(dataset), generator=gen), 0
-    with progress_bar(progress, info=True) as bar:
+    start = 0
+    if ckpt is not None:
+        try:
+            load_module_state(model, ckpt["unet"], "unet")
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            gen.set_state(ckpt["generator"])
+            order = ckpt["order"]
+            if len(order) != len(dataset):
+                raise MrictError("checkpoint data order does not fit the training set", ckpt_json)
+            epoch, pos, start = int(ckpt["epoch"]), int(ckpt["pos"]), int(ckpt["iteration"])
+            dataset.set_epoch(int(ckpt["dataset_epoch"]))
+            best = float(ckpt["best"])
+            best_state = ckpt["best_state"] if ckpt["has_best"] else None
+            best_iter, stale = int(ckpt["best_iter"]), int(ckpt["stale"])
+            history = [dict(h) for h in ckpt["history"]]
+            running = [float(v) for v in ckpt["running"]]
+            guard.skipped = int(ckpt.get("skipped", 0))
+            rng = ckpt["rng"]
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        except MrictError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:120]
+            raise MrictError(
+                f"checkpoint is damaged ({type(exc).__name__}: {first}); start a new run",
+                ckpt_json,
+            ) from exc
+    guard.checkpoint = ckpt_json if ckpt is not None else None
+
+    def checkpoint(iteration: int) -> None:
+        state = {
+            "unet": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "order": order,
+            "epoch": epoch,
+            "pos": pos,
+            "dataset_epoch": dataset.epoch,
+            "iteration": iteration,
+            "best": best,
+            "has_best": best_state is not None,
+            "best_state": best_state or {},
+            "best_iter": best_iter,
+            "stale": stale,
+            "history": history,
+            "running": running,
+            "skipped": guard.skipped,
+            "rng": rng_state(),
+        }
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "iteration": iteration,
+            "total_iterations": config.iterations,
+            "seed": seed,
+            "data": fingerprint,
+            "val_data": val_fingerprint,
+            "config": config_to_dict(config),
+        }
+        save_checkpoint(out / CHECKPOINT, state, meta)
+        guard.checkpoint = ckpt_json
+
+    it = start
+    with stop_on_signals() as stop, progress_bar(progress, info=True) as bar:
         task = bar.add_task(title or "segmenter", total=config.iterations, info="")
-        for it in range(1, config.iterations + 1):
+        bar.update(task, completed=start)
+        while it < config.iterations:
+            it += 1
             idx = []
             while len(idx) < config.batch_size:
                 if pos >= len(order):
@@ -199,9 +387,13 @@ def train_segmenter(
             items = [dataset[i] for i in idx]
             x = torch.stack([b["image"] for b in items]).to(device)
             y = torch.stack([b["mask"] for b in items]).to(device)
-            loss = train_step(model, loss_fn, opt, x, y, device, precision)
+            loss = train_step(
+                model, loss_fn, opt, x, y, device, precision, lambda t, s=it: guard.check(t, s)
+            )
             sched.step()
-            running.append(float(loss.detach()))
+            value = float(loss)
+            if math.isfinite(value):
+                running.append(value)
             if it % config.val_every == 0 or it == config.iterations:
                 score = (
                     validation_dice(model, val_set, device, precision, config)
@@ -211,7 +403,7 @@ def train_segmenter(
                 history.append(
                     {
                         "iteration": it,
-                        "train_loss": float(np.mean(running)),
+                        "train_loss": float(np.mean(running)) if running else math.nan,
                         "val_dice": score,
                         "lr": opt.param_groups[0]["lr"],
                     }
@@ -221,9 +413,7 @@ def train_segmenter(
                 if improved:
                     best = score if val_set is not None else best
                     best_iter = it
-                    best_state = {
-                        k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                    }
+                    best_state = _copy_state(model)
                     stale = 0
                 else:
                     stale += 1
@@ -231,9 +421,19 @@ def train_segmenter(
                 if config.patience and stale >= config.patience:
                     break
             bar.advance(task)
+            periodic = config.checkpoint_every and it % config.checkpoint_every == 0
+            if periodic and it < config.iterations:
+                checkpoint(it)
+            if on_step is not None:
+                on_step(it)
+            if stop and it < config.iterations:
+                if not periodic:
+                    checkpoint(it)
+                hint = resume_command or f"train_segmenter(..., {str(out)!r}, resume=True)"
+                raise TrainingInterrupted(it, ckpt_json, hint)
     if best_state is None:  # validation never scorable: keep the final weights
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        best_iter = history[-1]["iteration"] if history else config.iterations
+        best_state = _copy_state(model)
+        best_iter = history[-1]["iteration"] if history else it
     meta = {
         "config": config_to_dict(config),
         "modality": data.modality,
@@ -243,8 +443,11 @@ def train_segmenter(
         "train_slices": len(data),
         "train_patients": len(data.patients()),
         "val_patients": len(val_set.patients()) if val_set is not None else 0,
+        "skipped_steps": guard.skipped,
     }
     _write_history(history, out / "history.csv")
     plot_history(history, out / "loss_curve.png", title)
     save_checkpoint(out / MODEL, {"unet": best_state}, meta)
+    for suffix in (".json", ".safetensors", ".next.safetensors"):
+        (out / f"{CHECKPOINT}{suffix}").unlink(missing_ok=True)
     return out

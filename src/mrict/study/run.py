@@ -2,7 +2,8 @@
 scenarios' segmenters for every seed (and label fraction), score them all on the same target
 test patients and write results, statistics, figures and the HTML report.
 
-Study folder: ``gan/`` (unless ``gan_run`` is given), ``runs/<TARGET>/<scenario>/seed<S>/``,
+Study folder: ``study.json`` (marks the folder as a study), ``gan/`` (unless ``gan_run``
+is given), ``runs/<TARGET>/<scenario>/seed<S>/``,
 ``results.csv`` (one row per target, scenario and label fraction), ``per_patient.csv``,
 ``results.json``, ``figures/*.png`` and ``report.html``. Segmenters already trained in the
 folder are reused, so an interrupted study continues where it stopped.
@@ -28,6 +29,7 @@ from mrict.data.geometry import resize_batch
 from mrict.data.splits import check_disjoint, split_patients
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_write_text
+from mrict.runtime.outputs import check_not_input, check_writable
 from mrict.segmentation.config import SEG_PRESETS, SegConfig
 from mrict.segmentation.metrics import POLICY, evaluate_masks
 from mrict.segmentation.predict import load_segmenter, predict_masks
@@ -40,6 +42,8 @@ OTHER = {"CT": "MR", "MR": "CT"}
 #: scenarios that use target labels (and so depend on the label fraction)
 USES_TARGET_LABELS = ("target_only", "target_translated")
 METRICS = ("dice", "iou", "hd95")
+#: written first into every study folder: a later run recognises the folder as its own
+STUDY_MARKER = "study.json"
 
 
 def _log(msg: str) -> None:
@@ -209,6 +213,36 @@ def comparisons(rows: list[dict[str, Any]], fractions: Sequence[float]) -> list[
     return tests
 
 
+def is_study_folder(out: Path) -> bool:
+    """True when ``out`` holds an mrict study (finished or interrupted)."""
+    marker = out / STUDY_MARKER
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text("utf-8")).get("kind") == "mrict-study"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return False
+    # folders written before the marker existed
+    return (out / "results.json").is_file() or (
+        (out / "figures").is_dir() and ((out / "gan").is_dir() or (out / "runs").is_dir())
+    )
+
+
+def check_study_folder(out: Path, data: Path, overwrite: bool = False) -> None:
+    """Refuse a study folder equal to, inside or containing ``data``, an existing file, a
+    non-empty folder that is not an mrict study (unless ``overwrite``) and an unwritable
+    folder, each with a one-line :class:`MrictError`, before any work is done."""
+    check_not_input(out, [data])
+    if out.exists() and not out.is_dir():
+        raise MrictError("study output exists and is not a folder", out)
+    if out.is_dir() and not overwrite and any(out.iterdir()) and not is_study_folder(out):
+        raise MrictError(
+            "study folder is not empty and holds no mrict study; choose another --out or "
+            "pass --overwrite to write into it",
+            out,
+        )
+    check_writable(out)
+
+
 def run_study(
     data: str | Path,
     out: str | Path,
@@ -223,19 +257,20 @@ def run_study(
     targets: Sequence[str] = MODALITIES,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Run the whole study on ``data``; return the study folder (holding report.html).
 
     ``seeds``: a count (seeds ``seed, seed+1, ...``) or explicit seeds of the segmenter
     training. ``label_fractions``: fractions of the target train patients whose masks the
-    target-label scenarios (1) and (4) may use.
+    target-label scenarios (1) and (4) may use. An existing study folder is continued
+    (finished runs are kept); any other non-empty folder needs ``overwrite``.
     """
     t0 = time.time()
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise MrictError("data folder not found", data)
-    if out.resolve() == data.resolve():
-        raise MrictError("study folder must differ from the data folder", out)
+    check_study_folder(out, data, overwrite)
     seed_list = list(range(seed, seed + int(seeds))) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise MrictError("--seeds must be at least 1")
@@ -244,6 +279,9 @@ def run_study(
         raise MrictError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
     cfg = resolve_config(SegConfig, SEG_PRESETS, preset, None, seg_overrides or {})
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / STUDY_MARKER).is_file():
+        marker = {"kind": "mrict-study", "data": str(data.resolve()), "preset": preset}
+        atomic_write_text(out / STUDY_MARKER, json.dumps(marker, indent=1))
     (out / "figures").mkdir(exist_ok=True)
     stage = on_stage or _log
 
@@ -316,7 +354,18 @@ def run_study(
         label = f"[{n}/{len(jobs)}] {target} {SCENARIOS[scenario]}" + (f" f={f:g}" if f else "")
         stage(f"{label} seed {s}")
         if not (run_dir / "model.json").is_file():
-            train_segmenter(train_sets, val, run_dir, cfg, s, progress=progress, title=label)
+            # an interrupted segmenter continues from its checkpoint (removed once finished)
+            train_segmenter(
+                train_sets,
+                val,
+                run_dir,
+                cfg,
+                s,
+                progress=progress,
+                title=label,
+                resume=(run_dir / "checkpoint.json").is_file(),
+                resume_command="the same mrict study command (finished runs are kept)",
+            )
         test = part[target]["test"].labelled()
         pred = predict_masks(load_segmenter(run_dir), test.images)
         result = evaluate_masks(pred, test.masks, test.patient_ids)

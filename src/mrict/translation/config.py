@@ -45,6 +45,9 @@ class GanConfig:
     feature_loss: FeatureLoss = "mind"
     lambda_feature: float = 1.0
     feature_weights: str | None = None  # local torchvision-compatible weights (vgg16/resnet50)
+    #: read a pickle-based (.pth/.pt) feature_weights file, with torch.load(weights_only=True);
+    #: off by default: only safetensors are read
+    feature_weights_allow_pickle: bool = False
     # runtime
     seed: int = 0
     precision: Precision = "auto"
@@ -102,5 +105,6 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "sample_count",
         "nonfinite",
+        "feature_weights_allow_pickle",
     }
 )

@@ -285,7 +285,9 @@ def _train(
     if cfg.channels_last:
         gens.to(memory_format=torch.channels_last)
         discs.to(memory_format=torch.channels_last)
-    feature = build_feature_loss(cfg.feature_loss, cfg.feature_weights)
+    feature = build_feature_loss(
+        cfg.feature_loss, cfg.feature_weights, cfg.feature_weights_allow_pickle
+    )
     if feature is not None:
         feature.to(device)
     # fused Adam: one kernel over all parameters instead of a loop of small ops
