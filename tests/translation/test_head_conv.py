@@ -59,3 +59,16 @@ def test_generator_state_dict_and_output_unchanged() -> None:
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     assert isinstance(fast.model[-2], HeadConv2d)
     assert type(plain.model[-2]) is nn.Conv2d
+
+
+def test_reflection_pad_keeps_bf16_under_autocast() -> None:
+    from mrict.translation.networks import ReflectionPad2d
+
+    x = torch.randn(2, 3, 5, 6).bfloat16()
+    pad = ReflectionPad2d(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pad(x)
+    assert y.dtype == torch.bfloat16  # plain autocast would return fp32 here
+    torch.testing.assert_close(y, nn.ReflectionPad2d(2)(x.float()).bfloat16(), rtol=0, atol=0)
+    z = torch.randn(1, 1, 4, 4)
+    torch.testing.assert_close(pad(z), nn.functional.pad(z, (2, 2, 2, 2), mode="reflect"))

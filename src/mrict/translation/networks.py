@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mrict.translation.head_conv import HeadConv2d
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """``nn.ReflectionPad2d`` that keeps its input's dtype under autocast.
+
+    Autocast runs reflection padding in fp32, so a bf16 activation is converted to fp32,
+    padded and converted back for the next convolution (and twice more in the backward
+    pass). Padding only copies values, so doing it in the input's dtype is exact.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.pad(x, self.padding, mode="reflect")
+        return super().forward(x)
 
 
 class ResidualBlock(nn.Module):
@@ -14,11 +30,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
             nn.InstanceNorm2d(channels),
             nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
+            ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
             nn.InstanceNorm2d(channels),
         )
@@ -48,7 +64,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
+            ReflectionPad2d(3),
             nn.Conv2d(in_ch, ngf, 7),
             nn.InstanceNorm2d(ngf),
             nn.ReLU(inplace=True),
@@ -70,7 +86,7 @@ class ResnetGenerator(nn.Module):
             ]
             ch //= 2
         head = HeadConv2d(ch, 7) if fast_head and out_ch == 1 else nn.Conv2d(ch, out_ch, 7)
-        layers += [nn.ReflectionPad2d(3), head, nn.Tanh()]
+        layers += [ReflectionPad2d(3), head, nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
