@@ -119,6 +119,23 @@ def _checkpoint_iteration(run_dir: Path) -> int:
     return int(meta["iteration"])
 
 
+def _run_to_stop_point(
+    argv: list[str], run_dir: Path, mode: str, rng
+) -> tuple[subprocess.Popen, list[str], int]:
+    """Start a training process and wait for the moment to stop it: while it writes a
+    checkpoint ("during-save"; the write is slowed down) or a few steps after its last
+    checkpoint. Returns the process, its output so far and the checkpoint it started from."""
+    start_ckpt = _checkpoint_iteration(run_dir)
+    proc = _start(argv, slow=1.0 if mode == "during-save" else 0.0)
+    if mode == "during-save":
+        lines = _read_until(proc, lambda s: s == "saving")
+    else:
+        target = start_ckpt + rng.randint(2, CHECKPOINT_EVERY + 2)
+        lines = _read_until(proc, lambda s, t=target: s == f"step {t}")
+        time.sleep(rng.uniform(0.0, 0.1))
+    return proc, lines, start_ckpt
+
+
 def test_train_gan_survives_sigkill_and_resumes(make_dataset, tmp_path):
     data = make_dataset("png", patients=3, slices=2, size=16)
     (tmp_path / "gan.yaml").write_text(_GAN_CONFIG)
@@ -129,14 +146,7 @@ def test_train_gan_survives_sigkill_and_resumes(make_dataset, tmp_path):
     kills, reached, resumed_from = 0, 0, []
     for attempt, mode in enumerate(plan):
         argv = base + (["--resume"] if attempt else [])
-        proc = _start(argv, slow=1.0 if mode == "during-save" else 0.0)
-        start_ckpt = _checkpoint_iteration(run_dir)
-        if mode == "during-save":
-            lines = _read_until(proc, lambda s: s == "saving")
-        else:
-            target = start_ckpt + rng.randint(2, CHECKPOINT_EVERY + 2)
-            lines = _read_until(proc, lambda s, t=target: s == f"step {t}")
-            time.sleep(rng.uniform(0.0, 0.1))
+        proc, lines, start_ckpt = _run_to_stop_point(argv, run_dir, mode, rng)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         kills += 1
@@ -213,14 +223,7 @@ def test_train_seg_survives_sigkill_and_sigint_and_resumes(make_dataset, tmp_pat
     for attempt, mode in enumerate(plan):
         # a resumed run reads RUN/config.yaml; --config is only needed the first time
         argv = base + (["--resume"] if attempt else [])
-        start_ckpt = _checkpoint_iteration(run_dir)
-        proc = _start(argv, slow=1.0 if mode == "during-save" else 0.0)
-        if mode == "during-save":
-            lines = _read_until(proc, lambda s: s == "saving")
-        else:
-            target = start_ckpt + rng.randint(2, CHECKPOINT_EVERY + 2)
-            lines = _read_until(proc, lambda s, t=target: s == f"step {t}")
-            time.sleep(rng.uniform(0.0, 0.1))
+        proc, lines, start_ckpt = _run_to_stop_point(argv, run_dir, mode, rng)
         proc.send_signal(signal.SIGINT if mode == "sigint" else signal.SIGKILL)
         steps, err = _all_steps(proc, lines)
         assert steps, (mode, lines, err)
