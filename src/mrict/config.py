@@ -122,15 +122,41 @@ def resolve_config(
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain-JSON/YAML dict of a dataclass config (tuples become lists)."""
+    return {k: config_to_dict_value(v) for k, v in dataclasses.asdict(config).items()}
 
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
 
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+def check_resumable(
+    saved: dict[str, Any], config: Any, allowed: frozenset[str], path: str | Path
+) -> None:
+    """Refuse to resume a run whose checkpointed config ``saved`` (a :func:`config_to_dict`
+    dict) differs from ``config`` in any field outside ``allowed`` (one-line
+    :class:`MrictError` naming the fields). A field missing from ``saved`` (a checkpoint
+    written before the field existed) counts as its default."""
+    if not isinstance(saved, dict):
+        raise MrictError("checkpoint holds no readable config; start a new run", path)
+    now = config_to_dict(config)
+    changed = []
+    for f in dataclasses.fields(config):
+        if f.name in allowed:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if saved.get(f.name, config_to_dict_value(default)) != now[f.name]:
+            changed.append(f.name)
+    if changed:
+        raise MrictError(
+            f"cannot resume with a different {', '.join(changed)} (only "
+            f"{', '.join(sorted(allowed))} may change)",
+            path,
+        )
+
+
+def config_to_dict_value(value: Any) -> Any:
+    """One config value as :func:`config_to_dict` stores it (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [config_to_dict_value(x) for x in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -13,14 +13,13 @@ import io
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mrict.config import config_to_dict, save_config
+from mrict.config import check_resumable, config_to_dict, save_config
 from mrict.data.datasets import SliceDataset, SliceSet
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path, atomic_write_text
@@ -202,15 +201,6 @@ def check_run_folder(out: str | Path, resume: bool) -> bool:
     return has_ckpt
 
 
-def _config_differences(saved: dict[str, Any], new: SegConfig) -> list[str]:
-    now = config_to_dict(new)
-    return [
-        f.name
-        for f in fields(SegConfig)
-        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != now.get(f.name)
-    ]
-
-
 def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -267,13 +257,7 @@ def train_segmenter(
         ckpt, meta = load_checkpoint(out / CHECKPOINT)
         if meta.get("kind") != CHECKPOINT_KIND:
             raise MrictError("not a segmentation training checkpoint", ckpt_json)
-        changed = _config_differences(meta.get("config", {}), config)
-        if changed:
-            raise MrictError(
-                f"cannot resume with a different {', '.join(changed)} (only "
-                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)",
-                out,
-            )
+        check_resumable(meta.get("config", {}), config, RESUMABLE_CHANGES, out)
         if meta.get("seed") != seed:
             raise MrictError(
                 f"cannot resume with a different seed ({seed}; the run used {meta.get('seed')})",

@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrict.config import config_to_dict, save_config
+from mrict.config import check_resumable, config_to_dict, save_config
 from mrict.errors import MrictError
 from mrict.runtime import distributed as dist
 from mrict.runtime.atomic import atomic_path, atomic_write_text
@@ -75,14 +74,6 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
-def _config_differences(saved: GanConfig, new: GanConfig) -> list[str]:
-    return [
-        f.name
-        for f in fields(GanConfig)
-        if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(new, f.name)
-    ]
 
 
 def save_generators(
@@ -238,16 +229,7 @@ def train_cyclegan(
     ckpt_state: dict[str, Any] | None = None
     if resume:
         ckpt_state, meta = load_checkpoint(stem)
-        saved = GanConfig(
-            **{k: v for k, v in meta["config"].items() if k in {f.name for f in fields(GanConfig)}}
-        )
-        changed = _config_differences(saved, config)
-        if changed:
-            raise MrictError(
-                f"cannot resume with a different {', '.join(changed)} (only "
-                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)",
-                run_dir,
-            )
+        check_resumable(meta["config"], config, RESUMABLE_CHANGES, run_dir)
     try:
         return _train(
             data_root, run_dir, config, device, precision, info, main, ckpt_state, progress, on_step
