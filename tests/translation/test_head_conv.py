@@ -51,7 +51,7 @@ def test_rejects_wrong_map_count() -> None:
 def test_generator_state_dict_and_output_unchanged() -> None:
     torch.manual_seed(2)
     fast = init_weights(ResnetGenerator(1, 1, 4, 1))
-    plain = ResnetGenerator(1, 1, 4, 1, fast_head=False)
+    plain = ResnetGenerator(1, 1, 4, 1, fast_layers=False)
     assert list(fast.state_dict()) == list(plain.state_dict())
     plain.load_state_dict(fast.state_dict())
     x = torch.rand(2, 1, 16, 16) * 2 - 1

@@ -3,40 +3,30 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrict.translation.head_conv import HeadConv2d
-
-
-class ReflectionPad2d(nn.ReflectionPad2d):
-    """``nn.ReflectionPad2d`` that keeps its input's dtype under autocast.
-
-    Autocast runs reflection padding in fp32, so a bf16 activation is converted to fp32,
-    padded and converted back for the next convolution (and twice more in the backward
-    pass). Padding only copies values, so doing it in the input's dtype is exact.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return F.pad(x, self.padding, mode="reflect")
-        return super().forward(x)
+from mrict.translation.instance_norm import InstanceNorm2d
+from mrict.translation.reflect_pad import ReflectionPad2d
+from mrict.translation.stem_conv import StemConv2d
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with reflection padding and instance norm, plus the skip."""
+    """Two 3x3 convolutions with reflection padding and instance norm, plus the skip
+    (``fast_layers``: see :class:`ResnetGenerator`)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, fast_layers: bool = True) -> None:
         super().__init__()
+        pad = ReflectionPad2d if fast_layers else nn.ReflectionPad2d
+        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
         self.body = nn.Sequential(
-            ReflectionPad2d(1),
+            pad(1),
             nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels),
+            norm(channels),
             nn.ReLU(inplace=True),
-            ReflectionPad2d(1),
+            pad(1),
             nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels),
+            norm(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +37,12 @@ class ResnetGenerator(nn.Module):
     """(B, in_ch, H, W) in [-1, 1] -> (B, out_ch, H, W) in [-1, 1] (tanh); H, W divisible by 4.
 
     7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks at ``4 * ngf``
-    channels, two transposed-convolution upsamplings, 7x7 head. With ``fast_head`` (and
-    ``out_ch == 1``) the head is a :class:`HeadConv2d`: the same convolution, about 3x
-    faster on CPU; weights and state dict are unchanged.
+    channels, two transposed-convolution upsamplings, 7x7 head. With ``fast_layers`` the
+    CPU gets faster implementations of the same layers, with unchanged weights and state
+    dict: a :class:`StemConv2d` stem (``in_ch == 1``), a :class:`HeadConv2d` head
+    (``out_ch == 1``), :class:`ReflectionPad2d` padding and :class:`InstanceNorm2d`
+    normalisation; without it every layer is the
+    plain ``torch.nn`` one (the benchmarks' textbook reference).
     """
 
     def __init__(
@@ -59,34 +52,37 @@ class ResnetGenerator(nn.Module):
         ngf: int = 64,
         n_blocks: int = 9,
         *,
-        fast_head: bool = True,
+        fast_layers: bool = True,
     ) -> None:
         super().__init__()
         self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
+        pad = ReflectionPad2d if fast_layers else nn.ReflectionPad2d
+        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
+        stem = StemConv2d(ngf, 7) if fast_layers and in_ch == 1 else nn.Conv2d(in_ch, ngf, 7)
         layers: list[nn.Module] = [
-            ReflectionPad2d(3),
-            nn.Conv2d(in_ch, ngf, 7),
-            nn.InstanceNorm2d(ngf),
+            pad(3),
+            stem,
+            norm(ngf),
             nn.ReLU(inplace=True),
         ]
         ch = ngf
         for _ in range(2):
             layers += [
                 nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1),
-                nn.InstanceNorm2d(ch * 2),
+                norm(ch * 2),
                 nn.ReLU(inplace=True),
             ]
             ch *= 2
-        layers += [ResidualBlock(ch) for _ in range(n_blocks)]
+        layers += [ResidualBlock(ch, fast_layers=fast_layers) for _ in range(n_blocks)]
         for _ in range(2):
             layers += [
                 nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
-                nn.InstanceNorm2d(ch // 2),
+                norm(ch // 2),
                 nn.ReLU(inplace=True),
             ]
             ch //= 2
-        head = HeadConv2d(ch, 7) if fast_head and out_ch == 1 else nn.Conv2d(ch, out_ch, 7)
-        layers += [ReflectionPad2d(3), head, nn.Tanh()]
+        head = HeadConv2d(ch, 7) if fast_layers and out_ch == 1 else nn.Conv2d(ch, out_ch, 7)
+        layers += [pad(3), head, nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,10 +91,14 @@ class ResnetGenerator(nn.Module):
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN: (B, in_ch, H, W) -> (B, 1, H', W') real/fake scores per 70x70 patch
-    (``n_layers=3``); instance norm, LeakyReLU 0.2, no sigmoid (least-squares loss)."""
+    (``n_layers=3``); instance norm, LeakyReLU 0.2, no sigmoid (least-squares loss).
+    ``fast_layers``: :class:`InstanceNorm2d`, else ``nn.InstanceNorm2d``."""
 
-    def __init__(self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3) -> None:
+    def __init__(
+        self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3, *, fast_layers: bool = True
+    ) -> None:
         super().__init__()
+        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
         self.arch = {"in_ch": in_ch, "ndf": ndf, "n_layers": n_layers}
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
@@ -109,13 +109,13 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1),
-                nn.InstanceNorm2d(ndf * mult),
+                norm(ndf * mult),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1),
-            nn.InstanceNorm2d(ndf * mult),
+            norm(ndf * mult),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
         ]
