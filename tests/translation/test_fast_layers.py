@@ -119,3 +119,20 @@ def test_fast_and_plain_networks_agree() -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10, msg=name)
     for a, b in zip(d_fast.parameters(), d_plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_plain_layers_while_compiling_or_exporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph capture (torch.compile, export, tracing) sees the plain torch.nn operators."""
+    x = torch.randn(2, 1, 12, 12, requires_grad=True)
+    h = torch.randn(2, 3, 12, 12, requires_grad=True)
+    fast = {
+        "stem": StemConv2d(3, 3)(x).grad_fn.name(),
+        "pad": ReflectionPad2d(1)(h).grad_fn.name(),
+        "norm": InstanceNorm2d(3)(h).grad_fn.name(),
+    }
+    assert "ConvolutionBackward" not in fast["stem"]
+    assert "ReflectionPad2DBackward" not in fast["pad"]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert "ConvolutionBackward" in StemConv2d(3, 3)(x).grad_fn.name()
+    assert "ReflectionPad2DBackward" in ReflectionPad2d(1)(h).grad_fn.name()
+    assert InstanceNorm2d(3)(h).grad_fn.name() != fast["norm"]

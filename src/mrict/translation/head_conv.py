@@ -11,7 +11,7 @@ convolution on a (4, 24, 102, 102) bf16 batch, forward and backward). The same r
 one matrix multiplication that produces k*k maps, then the sum of k*k shifted windows of
 those maps (:class:`ShiftedWindowSum`, accumulated in fp32). Same parameters, same state
 dict, same values up to floating-point rounding; about 3x faster on CPU. On other devices,
-and while tracing or exporting, the layer is an ordinary convolution.
+and while tracing, exporting or compiling, the layer is an ordinary convolution.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mrict.translation.fast_path import use_fast_path
 
 
 class ShiftedWindowSum(torch.autograd.Function):
@@ -72,17 +74,6 @@ def single_output_conv2d(
     return y if bias is None else y + bias.view(1, 1, 1, 1).to(y.dtype)
 
 
-def _exporting() -> bool:
-    """Tracing or exporting (ONNX, TorchScript, torch.export): the graph keeps the plain
-    convolution, which every runtime implements."""
-    return bool(
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
-    )
-
-
 class HeadConv2d(nn.Conv2d):
     """``nn.Conv2d(in_ch, 1, k)`` (stride 1, no padding, no dilation, one group) whose CPU
     forward uses :func:`single_output_conv2d`. Parameters and state-dict keys are those of
@@ -92,6 +83,6 @@ class HeadConv2d(nn.Conv2d):
         super().__init__(in_channels, 1, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or _exporting():
+        if not use_fast_path(x):
             return F.conv2d(x, self.weight, self.bias)
         return single_output_conv2d(x, self.weight, self.bias)

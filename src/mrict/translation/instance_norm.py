@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrict.translation.head_conv import _exporting
+from mrict.translation.fast_path import use_fast_path
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
@@ -26,6 +26,6 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_features, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or _exporting():
+        if not use_fast_path(x):
             return super().forward(x)
         return F.group_norm(x, x.shape[1], eps=self.eps)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from mrict.translation.head_conv import _exporting
+from mrict.translation.fast_path import use_fast_path
 
 
 class _ReflectPad2d(torch.autograd.Function):
@@ -57,7 +57,7 @@ def reflect_pad2d(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tens
     ``x``'s dtype (also under autocast); on CPU with the faster backward pass."""
     device = x.device.type
     autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-    fast = device == "cpu" and x.dim() == 4 and not _exporting()
+    fast = use_fast_path(x)
     if autocast:
         with torch.autocast(device, enabled=False):
             return _ReflectPad2d.apply(x, pad) if fast else F.pad(x, pad, mode="reflect")

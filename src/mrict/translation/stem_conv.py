@@ -12,7 +12,7 @@ forward pass). With the k*k shifted windows of the image as the columns of a mat
 and the input gradient is each of the k*k rows of ``z`` added back at its window's offset.
 All three are batched matrix products plus cheap slices. Same parameters and state dict as
 ``nn.Conv2d``, same values up to floating-point rounding. On other devices, and while
-tracing or exporting, the layer is an ordinary convolution.
+tracing, exporting or compiling, the layer is an ordinary convolution.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from mrict.translation.head_conv import _exporting
+from mrict.translation.fast_path import use_fast_path
 
 
 def _windows(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -84,7 +84,7 @@ class StemConv2d(nn.Conv2d):
         super().__init__(1, out_channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4 or x.shape[1] != 1 or _exporting():
+        if not use_fast_path(x) or x.shape[1] != 1:
             return F.conv2d(x, self.weight, self.bias)
         if torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
