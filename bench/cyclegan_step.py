@@ -50,8 +50,8 @@ def _cases(s: Settings) -> list[dict[str, Any]]:
             _case("paper arch at 128 px", "paper", {"image_size": 128}, 2, True),
         ]
     return [
-        _case("quick", "quick", {}, 8, True),
-        _case("quick, all losses", "quick", {}, 6, False),
+        _case("quick", "quick", {}, 16, True),
+        _case("quick, all losses", "quick", {}, 10, False),
         _case("paper", "paper", {}, 4, True),
     ]
 
