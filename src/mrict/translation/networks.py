@@ -41,8 +41,8 @@ class ResnetGenerator(nn.Module):
     CPU gets faster implementations of the same layers, with unchanged weights and state
     dict: a :class:`StemConv2d` stem (``in_ch == 1``), a :class:`HeadConv2d` head
     (``out_ch == 1``), :class:`ReflectionPad2d` padding and :class:`InstanceNorm2d`
-    normalisation; without it every layer is the
-    plain ``torch.nn`` one (the benchmarks' textbook reference).
+    normalisation; without it every layer is the plain ``torch.nn`` one (the benchmarks'
+    textbook reference).
     """
 
     def __init__(
