@@ -14,6 +14,8 @@ column added onto the row or column it copied: two slices and a few row/column a
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,11 +59,11 @@ def reflect_pad2d(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tens
     ``x``'s dtype (also under autocast); on CPU with the faster backward pass."""
     device = x.device.type
     autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-    fast = use_fast_path(x)
-    if autocast:
-        with torch.autocast(device, enabled=False):
-            return _ReflectPad2d.apply(x, pad) if fast else F.pad(x, pad, mode="reflect")
-    return _ReflectPad2d.apply(x, pad) if fast else F.pad(x, pad, mode="reflect")
+    # autocast would pad in fp32; padding only copies values, so the input's dtype is exact
+    with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
+        if use_fast_path(x):
+            return _ReflectPad2d.apply(x, pad)
+        return F.pad(x, pad, mode="reflect")
 
 
 class ReflectionPad2d(nn.ReflectionPad2d):
