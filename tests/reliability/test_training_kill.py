@@ -111,6 +111,14 @@ def _steps(lines: list[str]) -> list[int]:
     return [int(x.split()[1]) for x in lines if x.startswith("step ")]
 
 
+def _resume_to_end(argv: list[str]) -> tuple[list[int], str]:
+    """Run ``argv --resume`` to completion (it must succeed): its printed steps, stdout."""
+    proc = _start(argv + ["--resume"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return _steps(out.splitlines()), out
+
+
 def _checkpoint_iteration(run_dir: Path) -> int:
     if not (run_dir / "checkpoint.json").exists():
         return 0
@@ -161,10 +169,7 @@ def test_train_gan_survives_sigkill_and_resumes(make_dataset, tmp_path):
         assert saved >= start_ckpt
         leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
         assert all(n.endswith(".partial") for n in leftovers), leftovers
-    proc = _start(base + ["--resume"])
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    steps = _steps(out.splitlines())
+    steps, out = _resume_to_end(base)
     assert steps, f"the last run had nothing left to do: {out}"
     resumed_from.append(steps[0] - 1)
     assert steps[-1] == ITERATIONS and kills == len(plan)
@@ -245,10 +250,7 @@ def test_train_seg_survives_sigkill_and_sigint_and_resumes(make_dataset, tmp_pat
         checkpoints.append(saved)
         leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
         assert all(n.endswith(".partial") for n in leftovers), leftovers
-    proc = _start(base + ["--resume"])
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    steps = _steps(out.splitlines())
+    steps, out = _resume_to_end(base)
     assert steps and steps[-1] == SEG_ITERATIONS, out
     resumed_from.append(steps[0] - 1)
     # every restart picked up exactly at the last complete checkpoint
