@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "mrict.commands.phantom",
     "mrict.commands.translation",
     "mrict.commands.segmentation",
+    "mrict.commands.export",
     "mrict.commands.study",
     "mrict.commands.bench",
 )

@@ -46,7 +46,7 @@ def test_hu_window_is_exactly_invertible():
     np.testing.assert_allclose(unit_to_hu(hu_to_unit(hu)), hu, atol=1e-9)
     assert hu_to_unit(np.array([-2000.0, 5000.0])).tolist() == [-1.0, 1.0]
     t = torch.tensor([-1024.0, 988.0, 3000.0])
-    assert torch.allclose(hu_to_unit(t), torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)
+    assert torch.allclose(hu_to_unit(t, "linear"), torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)
 
 
 def test_mri_normalisation_is_robust_to_outliers():

@@ -123,12 +123,15 @@ def test_anonymize_dataset_handles_sequences_and_private_tags(tmp_path):
     ref.ReferencedSOPClassUID = pydicom.uid.CTImageStorage
     ref.ReferencedSOPInstanceUID = "1.2.3.4.5.6"
     ref.OperatorsName = "Op^Olga"
-    ds.SourceImageSequence = [ref]
+    # a sequence Table E.1-1 does not list is kept and de-identified item by item
+    ds.ReferencedSeriesSequence = [ref]
+    ds.SourceImageSequence = [pydicom.Dataset()]  # X/Z/U*, Type 3 in images: removed
     ds.add_new(0x00291010, "LO", "secret")
     anonymize_dataset(ds, salt="k")
-    item = ds.SourceImageSequence[0]
+    item = ds.ReferencedSeriesSequence[0]
     assert item.ReferencedSOPInstanceUID != "1.2.3.4.5.6" and "OperatorsName" not in item
     assert item.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
+    assert "SourceImageSequence" not in ds
     assert "InstitutionName" not in ds and 0x00291010 not in ds
     assert ds.PatientID == pseudonym("ID77", "k")
 

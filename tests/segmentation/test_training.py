@@ -90,6 +90,8 @@ def test_segment_writes_input_format(make_dataset, tmp_path: Path, fmt: str) -> 
     src = root / "CT" / "image_CT"
     written = segment_path(run_dir, src, tmp_path / "masks")
     inputs = sorted(p.name for p in src.iterdir())
+    if fmt == "dicom":  # one DICOM SEG per series (here every file is its own series)
+        inputs = sorted(name.replace(".dcm", "_seg.dcm") for name in inputs)
     assert sorted(p.name for p in written) == inputs
     for p in written:
         for s in read_slices(p):

@@ -9,7 +9,7 @@ import pytest
 
 from mrict.data.datasets import SliceSet
 from mrict.report.html import conclusion
-from mrict.study.run import comparisons, summarise
+from mrict.study.analysis import comparisons, summarise
 from mrict.study.scenarios import label_subset
 from mrict.study.stats import mean_ci, paired_wilcoxon
 

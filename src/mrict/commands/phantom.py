@@ -14,6 +14,12 @@ def simulate_command(
     test_patients: int = typer.Option(
         6, "--test-patients", help="Paired test patients (both modalities)."
     ),
+    val_patients: int = typer.Option(
+        4,
+        "--val-patients",
+        help="Paired validation patients (both modalities, disjoint from the test patients; "
+        "used to choose translation checkpoints).",
+    ),
     slices_per_patient: int = typer.Option(
         8, "--slices-per-patient", help="Axial slices per patient."
     ),
@@ -43,7 +49,7 @@ def simulate_command(
     ),
 ) -> None:
     """Render the built-in data set: unpaired MRI and CT brain slices with tumour masks from
-    the shipped Colin27-derived atlas, plus a paired test set with exact ground truth."""
+    the shipped Colin27-derived atlas, plus paired validation and test sets with exact ground truth."""
     import time
 
     from mrict.phantom.simulate import simulate_dataset
@@ -55,6 +61,7 @@ def simulate_command(
         mri_patients=mri_patients,
         ct_patients=ct_patients,
         test_patients=test_patients,
+        val_patients=val_patients,
         slices_per_patient=slices_per_patient,
         size=size,
         seed=seed,
@@ -64,7 +71,7 @@ def simulate_command(
         oedema_masks=oedema_masks,
         ct_contrast=ct_contrast,
     )
-    n = (mri_patients + ct_patients + 2 * test_patients) * slices_per_patient
+    n = (mri_patients + ct_patients + 2 * (test_patients + val_patients)) * slices_per_patient
     typer.echo(
         f"wrote {n} slices to {out} in {time.perf_counter() - start:.1f} s (preview: {out / 'preview.png'})"
     )

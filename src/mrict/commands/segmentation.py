@@ -19,7 +19,13 @@ def _modality(value: str) -> str:
 
 
 def _resume_command(
-    data: Path, mod: str, out: Path, seed: int, label_fraction: float, extra: list[Path]
+    data: Path,
+    mod: str,
+    out: Path,
+    seed: int,
+    label_fraction: float,
+    extra: list[Path],
+    init: Path | None = None,
 ) -> str:
     """The exact ``mrict train-seg ... --resume`` line that continues this run."""
     parts = ["mrict train-seg", shlex.quote(str(data)), "--modality", mod]
@@ -28,6 +34,8 @@ def _resume_command(
         parts += ["--label-fraction", f"{label_fraction:g}"]
     for folder in extra:
         parts += ["--extra", shlex.quote(str(folder))]
+    if init is not None:
+        parts += ["--init", shlex.quote(str(init))]
     return " ".join([*parts, "--resume"])
 
 
@@ -38,7 +46,11 @@ def train_seg_command(
     extra: list[Path] = typer.Option(
         [],
         "--extra",
-        help="Extra labelled data sets (e.g. translated images) in the same modality.",
+        help="Extra labelled data sets (e.g. translated images) in the same modality, mixed "
+        "into every batch as the config's schedule and real_fraction say.",
+    ),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this trained segmenter's weights (fine-tuning)."
     ),
     label_fraction: float = typer.Option(
         1.0, "--label-fraction", help="Fraction of the train patients whose masks are used."
@@ -75,18 +87,18 @@ def train_seg_command(
     full = load_modality(data, mod, size=cfg.image_size)
     splits = split_patients(full.patients(), seed=cfg.split_seed)
     train = label_subset(full.select(splits["train"]), label_fraction, cfg.split_seed)
-    sets = [train]
-    for folder in extra:
-        sets.append(load_modality(folder, mod, size=cfg.image_size))
+    extra_sets = [load_modality(folder, mod, size=cfg.image_size) for folder in extra]
     run = train_segmenter(
-        sets,
+        train,
         full.select(splits["val"]),
         out,
         cfg,
         seed,
+        extra=extra_sets or None,
+        init=init,
         title=f"U-Net {mod}",
         resume=resume,
-        resume_command=_resume_command(data, mod, out, seed, label_fraction, extra),
+        resume_command=_resume_command(data, mod, out, seed, label_fraction, extra, init),
     )
     typer.echo(f"segmenter written to {run}")
 
@@ -101,8 +113,15 @@ def segment_command(
         "--overwrite",
         help="Write into a non-empty output folder (inputs are never touched).",
     ),
+    seg_all_frames: bool = typer.Option(
+        False,
+        "--seg-all-frames",
+        help="DICOM input: keep a SEG frame for every source slice, empty ones too "
+        "(default: frames without tumour are omitted).",
+    ),
 ) -> None:
-    """Write tumour masks for INPUT in the input's format."""
+    """Write tumour masks for INPUT: a DICOM Segmentation (SEG) per DICOM series, else
+    masks in the input's format (NIfTI 0/1, PNG 0/255)."""
     from mrict.runtime.outputs import prepare_output_dir
     from mrict.runtime.seed import seed_everything
     from mrict.segmentation.predict import segment_path
@@ -114,7 +133,7 @@ def segment_command(
     # the masks never land in, over or around the images or the model they come from
     prepare_output_dir(output, inputs=[input, run], overwrite=overwrite)
     seed_everything(seed)
-    written = segment_path(run, input, output)
+    written = segment_path(run, input, output, seg_all_frames=seg_all_frames)
     typer.echo(f"{len(written)} mask file(s) written to {output}")
 
 

@@ -113,17 +113,51 @@ def translate_command(
 
 def eval_translation_command(
     run: Path = typer.Argument(..., help="Run folder of train-gan."),
-    data: Path = typer.Argument(..., help="Data set with paired_test/{MR,CT}, or a paired folder."),
+    data: Path = typer.Argument(
+        ..., help="Data set with paired_test/{MR,CT,mask}, or a paired folder."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     seed: int = typer.Option(0, "--seed", help="Unused (evaluation is deterministic)."),
+    paired_split: str = typer.Option(
+        "test", "--paired-split", help="Paired folder DATA/paired_<split>: test or val."
+    ),
+    segmenter_ct: Path | None = typer.Option(
+        None,
+        "--segmenter-ct",
+        help="Segmentation run trained on real CT: its Dice on labelled MR slices translated "
+        "to CT, against the MR masks (DATA must be the data set folder).",
+    ),
+    segmenter_mr: Path | None = typer.Option(
+        None,
+        "--segmenter-mr",
+        help="Segmentation run trained on real MRI: its Dice on labelled CT slices translated "
+        "to MRI, against the CT masks.",
+    ),
+    segmenter_split: str = typer.Option(
+        "val",
+        "--segmenter-split",
+        help="Source patients for the segmenter Dice: val (for choosing) or test (reporting).",
+    ),
 ) -> None:
-    """Score a run against ground truth (MAE HU, PSNR, SSIM; SynthRAD window) next to the
-    identity and histogram-matching baselines; unpaired data gives cycle/structure scores."""
+    """Score a run against ground truth (MAE HU, PSNR, SSIM; SynthRAD window) and at the
+    lesion (tumour, brain, bone MAE; tumour contrast; texture) next to the identity and
+    histogram-matching baselines; unpaired data gives cycle/structure scores, and
+    --segmenter-ct/--segmenter-mr a real-target segmenter's Dice on translated slices."""
     from mrict.translation.evaluate import METHODS, evaluate_translation
+    from mrict.translation.lesion_metrics import lesion_table, segmenter_table
 
-    result = evaluate_translation(run, data, batch_size=batch_size, device=device)
+    segmenters = {k: v for k, v in (("CT", segmenter_ct), ("MR", segmenter_mr)) if v is not None}
+    result = evaluate_translation(
+        run,
+        data,
+        batch_size=batch_size,
+        device=device,
+        paired_split=paired_split,
+        segmenters=segmenters or None,
+        segmenter_split=segmenter_split,
+    )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -143,7 +177,8 @@ def eval_translation_command(
                 if direction == "mr2ct"
                 else "CT -> MR (normalised)"
             )
-            table = Table(title=f"{label}, {result['n_slices']} paired slices")
+            split = f" {result['paired_split']}" if result.get("paired_split") else ""
+            table = Table(title=f"{label}, {result['n_slices']} paired{split} slices")
             table.add_column("method")
             for k in keys:
                 table.add_column(k)
@@ -153,6 +188,33 @@ def eval_translation_command(
                     method, *(f"{row[k]:.4f}" if k != "mae_hu" else f"{row[k]:.1f}" for k in keys)
                 )
             console.print(table)
+        lesion = result.get("lesion")
+        for direction, modality, label in (
+            ("mr2ct", "CT", "MR -> CT lesion-level (HU)"),
+            ("ct2mr", "MR", "CT -> MR lesion-level (MAE in [0, 1], others in [-1, 1] units)"),
+        ):
+            if not lesion:
+                break
+            header, rows = lesion_table(lesion[direction], modality)
+            table = Table(title=label)
+            for col in header:
+                table.add_column(col)
+            for r in rows:
+                table.add_row(*r)
+            console.print(table)
+        if lesion and not lesion.get("tumour_masks"):
+            console.print("no mask/ folder next to the paired images: tumour figures are n/a")
+    for direction, entry in (result.get("segmenter_dice") or {}).items():
+        if direction not in ("mr2ct", "ct2mr"):
+            continue
+        header, rows = segmenter_table(entry)
+        split = result["segmenter_dice"]["split"]
+        table = Table(title=f"{entry['label']}, {split} split")
+        for col in header:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
     table = Table(title="unpaired scores (consistency and structure, NOT fidelity)")
     for col in ("direction", "cycle_psnr", "cycle_ssim", "mind_similarity", "edge_correlation"):
         table.add_column(col)

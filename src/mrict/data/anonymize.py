@@ -1,11 +1,23 @@
-"""De-identification of DICOM datasets (basic application confidentiality profile, applied
-to every tag mrict writes and to the common identifying tags of source headers).
+"""De-identification of the DICOM images mrict writes: the DICOM PS3.15 Basic Application
+Level Confidentiality Profile (Table E.1-1, Basic Profile column, no options) applied to every
+attribute :func:`mrict.data.dicom_io.write_dicom` can emit.
 
-Patient name and id become a pseudonym; dates, times and other identifying attributes are
-emptied (type 2 attributes) or removed; every UID is replaced by a new one derived from
-the original with a salt, so the same source UID always maps to the same new UID (series,
-studies and frames of reference stay consistent across files) and cannot be traced back
-without the salt. Private tags are removed.
+Of those attributes, the table lists: patient name, id, birth date and sex, study date and
+time, study id, accession number and referring physician (Z: kept empty, except that patient
+name and id get a pseudonym, a dummy value Z allows); study, series and derivation
+descriptions (X: removed); the Source Image Sequence (X/Z/U*; Type 3 in the CT and MR Image
+IODs, so removed); every instance UID (U: replaced by a new UID derived from the original with
+a salt, so one source UID always maps to the same new UID, series, studies and frames of
+reference stay consistent across files, and the original cannot be recovered without the
+salt). Everything else mrict writes (geometry, pixel description, rescale, modality, SOP
+class, image type, series and instance numbers) is not in the table and is kept. Private
+tags are removed; Patient Identity Removed is YES, Longitudinal Temporal Information Modified
+is REMOVED and the De-identification Method Code Sequence holds 113100.
+tests/reliability/test_deidentification.py checks each attribute against the table.
+
+Datasets from elsewhere additionally lose the identifying attributes source headers commonly
+carry (``_REMOVE``); for such datasets this is not a complete implementation of the profile.
+The profile does not cover text burned into the pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from pydicom.uid import generate_uid
 
 #: DICOM code of the basic application confidentiality profile
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+METHOD = "mrict: PS3.15 Basic Application Level Confidentiality Profile"
 
 #: attributes that must stay present (type 2) but are emptied
 _EMPTY = (
@@ -34,6 +47,9 @@ _EMPTY = (
 )
 #: attributes removed outright
 _REMOVE = (
+    "SeriesDescription",
+    "SourceImageSequence",
+    "ReferencedImageSequence",
     "PatientAge",
     "PatientBirthTime",
     "PatientBirthName",
@@ -170,9 +186,10 @@ def anonymize_dataset(
     PatientID and PatientName become :func:`pseudonym` of the original PatientID (or of the
     name when there is no id); birth date, sex, study date/time, accession number, referring
     physician and study id are emptied; ages, addresses, institutions, operators,
-    descriptions, other dates/times and private tags are removed; instance UIDs (study,
-    series, SOP instance, frame of reference, references in sequences) are replaced
-    consistently via :func:`replace_uid`. ``salt`` defaults to :func:`default_salt`.
+    descriptions, source image references, other dates/times and private tags are removed;
+    instance UIDs (study, series, SOP instance, frame of reference, references in sequences)
+    are replaced consistently via :func:`replace_uid`. ``salt`` defaults to
+    :func:`default_salt`. Apply it last: attributes added afterwards are not de-identified.
     """
     salt = default_salt() if salt is None else salt
     original = str(ds.get("PatientID", "") or "").strip() or str(ds.get("PatientName", "") or "")
@@ -186,7 +203,8 @@ def anonymize_dataset(
             "SOPInstanceUID", replace_uid(meta.MediaStorageSOPInstanceUID, salt)
         )
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "mrict: DICOM basic application confidentiality profile"
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    ds.DeidentificationMethod = METHOD
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = BASIC_PROFILE_CODE
     ds.DeidentificationMethodCodeSequence = [code]

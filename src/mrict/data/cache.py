@@ -41,7 +41,7 @@ from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_path
 
 #: bump whenever the stored layout or the preparation of slices changes
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: soft-tissue CT network map
 ENV_DIR = "MRICT_CACHE_DIR"
 ENV_OFF = "MRICT_NO_CACHE"
 ENV_MAX_MB = "MRICT_CACHE_MAX_MB"

@@ -266,6 +266,11 @@ def write_dicom(
         or uid(None if entropy is None else [*entropy, "study"])
     )
     ds.SeriesInstanceUID = series_uid or uid(None if entropy is None else [*entropy, "series"])
+    if not ds.get("FrameOfReferenceUID"):
+        # mandatory in CT/MR images (and needed by SEGs); derived from the series, so every
+        # slice of one series shares it
+        ds.FrameOfReferenceUID = uid([str(ds.SeriesInstanceUID), "frame-of-reference"])
+        ds.PositionReferenceIndicator = ""
     ds.SeriesNumber = 1000 if derived else 1
     ds.ImageType = ["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY", "AXIAL"]
     if description:
@@ -299,12 +304,12 @@ def write_dicom(
     else:
         stored = np.clip(np.rint(pixels), 0, 65535).astype(np.uint16)
     ds.PixelData = stored.tobytes()
-    if anonymize:
+    if derived:
+        ds.DerivationDescription = (description or "derived by mrict")[:1024]
+    if anonymize:  # last, so that it sees every attribute written
         from mrict.data.anonymize import anonymize_dataset
 
         anonymize_dataset(ds, salt=anonymize_salt, mapping=pseudonyms)
-    if derived:
-        ds.DerivationDescription = (description or "derived by mrict")[:1024]
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path

@@ -31,7 +31,9 @@ from mrict.runtime.atomic import atomic_write_text
 from mrict.runtime.progress import progress_bar
 
 OutputFormat = Literal["dicom", "nifti", "png"]
-_GROUP_CODES = {"MR": 1, "CT": 2, "PT": 3}
+_GROUP_CODES = {"MR": 1, "CT": 2, "PT": 3, "PV": 4}
+#: groups rendered in both modalities from one anatomy, and their folders
+PAIRED_GROUPS = {"PT": "paired_test", "PV": "paired_val"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class SimulationParams:
     mri_patients: int = 20
     ct_patients: int = 20
     test_patients: int = 6
+    #: paired validation patients (both modalities, disjoint from the test patients): for
+    #: choosing translation checkpoints without touching the test set
+    val_patients: int = 4
     slices_per_patient: int = 8
     size: int = 256
     seed: int = 0
@@ -51,7 +56,7 @@ class SimulationParams:
     ct_contrast: bool = True
 
     def validate(self) -> None:
-        for name in ("mri_patients", "ct_patients", "test_patients"):
+        for name in ("mri_patients", "ct_patients", "test_patients", "val_patients"):
             if getattr(self, name) < 0:
                 raise MrictError(f"--{name.replace('_', '-')} must be >= 0")
         if self.mri_patients + self.ct_patients + self.test_patients == 0:
@@ -83,13 +88,13 @@ def _render_patient(params: SimulationParams, group: str, index: int) -> dict[st
         tumour_free_fraction=params.tumour_free_fraction,
     )
     out: dict[str, Any] = {"anatomy": anatomy}
-    if group in ("MR", "PT"):
+    if group in ("MR", "PT", "PV"):
         rng = _rng(params.seed, group, index, 1)
         protocol = sample_mr_protocol(rng, params.mr_contrast, params.size)
         bias = bias_field(protocol, params.size)
         out["MR"] = np.stack([render_mri(lab, protocol, rng, bias) for lab in anatomy.labels])
         out["mr_protocol"] = protocol
-    if group in ("CT", "PT"):
+    if group in ("CT", "PT", "PV"):
         rng = _rng(params.seed, group, index, 2)
         protocol = sample_ct_protocol(rng, params.size, params.ct_contrast)
         out["CT"] = np.stack([render_ct(lab, protocol, rng) for lab in anatomy.labels])
@@ -186,7 +191,8 @@ def simulate_dataset(
 
     Layout: ``out/MR/{image_MR,mask_MR}``, ``out/CT/{image_CT,mask_CT}`` (disjoint patients
     MR001.., CT001..), ``out/paired_test/{MR,CT,mask}`` (patients PT001.. in both
-    modalities, same file names), ``out/manifest.json`` and ``out/preview.png``. Everything
+    modalities, same file names), ``out/paired_val/{MR,CT,mask}`` (patients PV001.., the
+    same for checkpoint selection), ``out/manifest.json`` and ``out/preview.png``. Everything
     is rendered into a staging folder and moved into place at the end, so an interrupted
     run never leaves a data set that looks complete. The same seed gives byte-identical files
     whatever the number of ``workers`` (rendering processes; default: the CPU count, max 4).
@@ -200,6 +206,7 @@ def simulate_dataset(
         [("MR", i) for i in range(params.mri_patients)]
         + [("CT", i) for i in range(params.ct_patients)]
         + [("PT", i) for i in range(params.test_patients)]
+        + [("PV", i) for i in range(params.val_patients)]
     )
     manifest: dict[str, Any] = {
         "generator": f"mrict {__version__} phantom",
@@ -224,14 +231,14 @@ def simulate_dataset(
             for (group, i), result in zip(jobs, _results(params, jobs, n_workers), strict=True):
                 pid = f"{group}{i + 1:03d}"
                 anatomy: PatientAnatomy = result["anatomy"]
-                if group == "PT":
-                    base = staging / "paired_test"
+                if group in PAIRED_GROUPS:
+                    base = staging / PAIRED_GROUPS[group]
                     _write_images(base / "MR", pid, "MR", result["MR"], anatomy, params)
                     _write_images(base / "CT", pid, "CT", result["CT"], anatomy, params)
                     _write_masks(base / "mask", pid, anatomy.tumour, anatomy, params)
                     if params.oedema_masks:
                         _write_masks(base / "oedema", pid, anatomy.oedema, anatomy, params)
-                    if len(previews) < 3:
+                    if group == "PT" and len(previews) < 3:
                         k = int(np.argmax(anatomy.tumour.reshape(len(anatomy.tumour), -1).sum(1)))
                         previews.append(
                             {
@@ -251,7 +258,7 @@ def simulate_dataset(
                         _write_masks(base / f"oedema_{group}", pid, anatomy.oedema, anatomy, params)
                 entry = {
                     "id": pid,
-                    "group": {"MR": "mri", "CT": "ct", "PT": "paired_test"}[group],
+                    "group": {"MR": "mri", "CT": "ct", **PAIRED_GROUPS}[group],
                     "slices": params.slices_per_patient,
                     "spacing_mm": anatomy.spacing_mm,
                     "thickness_mm": anatomy.thickness_mm,
@@ -274,7 +281,7 @@ def simulate_dataset(
             staging / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=float)
         )
         if out.exists():
-            for child in ("MR", "CT", "paired_test", "manifest.json", "preview.png"):
+            for child in ("MR", "CT", *PAIRED_GROUPS.values(), "manifest.json", "preview.png"):
                 target = out / child
                 if target.is_dir():
                     shutil.rmtree(target)

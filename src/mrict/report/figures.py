@@ -1,5 +1,5 @@
 """Study figures (PNG, written atomically): sample translations, segmentation metrics with
-error bars, predicted-vs-true overlays and training curves."""
+error bars, predicted-vs-true overlays, training curves and validation curves."""
 
 from __future__ import annotations
 
@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 
 from mrict.runtime.atomic import atomic_path
+from mrict.study.scenarios import REGISTRY
 
-SCENARIO_LABELS = {
-    "target_only": "(1) target only",
-    "source_only": "(2) source only",
-    "translated": "(3) translated",
-    "target_translated": "(4) target + transl.",
-}
+#: scenario key -> short label (from the scenario registry; its order is the colour order)
+SCENARIO_LABELS = {k: s.short for k, s in REGISTRY.items()}
 
 
 def _plt():
@@ -166,6 +163,44 @@ def loss_curves(path: Path, curves: dict[str, dict[str, list[dict[str, float]]]]
     return _save(fig, path)
 
 
+def validation_curves(
+    path: Path, curves: dict[str, list[tuple[str, str, float, list[dict[str, float]]]]]
+) -> Path:
+    """One panel per target: validation Dice (on each run's selection split) against the
+    iteration for each scenario. ``curves[target]`` holds ``(scenario, label, fraction,
+    history rows)``; colour = scenario, line style = label fraction (solid = largest);
+    the selected (best) validation is starred."""
+    plt = _plt()
+    targets = list(curves)
+    fig, axes = plt.subplots(
+        1, max(1, len(targets)), figsize=(5.2 * max(1, len(targets)), 3.6), squeeze=False
+    )
+    order = list(SCENARIO_LABELS)
+    for i, target in enumerate(targets):
+        ax = axes[0, i]
+        fractions = sorted({f for _, _, f, _ in curves[target] if f}, reverse=True)
+        styles = ["-", "--", ":", "-."]
+        for scenario, label, f, hist in curves[target]:
+            pts = [(h["iteration"], h["val_dice"]) for h in hist if math.isfinite(h["val_dice"])]
+            if not pts:
+                continue
+            color = f"C{order.index(scenario) if scenario in order else len(order)}"
+            style = styles[fractions.index(f) % len(styles)] if f in fractions else "-"
+            its, vals = zip(*pts, strict=True)
+            ax.plot(its, vals, style, color=color, lw=1.2, label=label)
+            k = int(np.argmax(vals))
+            ax.plot(its[k], vals[k], "*", color=color, ms=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation Dice")
+        ax.set_title(
+            f"target {target}: validation Dice (selection split; * = selected)", fontsize=9
+        )
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def make_figures(
     fig_dir: Path,
     gens: dict[str, Any],
@@ -205,13 +240,22 @@ def make_figures(
     f0, s0 = max(fractions), seeds[0]
     panels: dict[str, list] = {}
     curves: dict[str, dict[str, list]] = {}
+    val_curves: dict[str, list] = {}
     for target in targets:
         test = part[target]["test"].labelled()
         k = biggest(test)
         panels[target] = [("image", test.images[k], test.masks[k], np.zeros_like(test.masks[k]))]
         curves[target] = {}
+        val_curves[target] = []
         for scenario, label in SCENARIO_LABELS.items():
-            f = f0 if scenario in ("target_only", "target_translated") else 0.0
+            uses_f = REGISTRY[scenario].uses_label_fraction
+            for f in sorted(fractions, reverse=True) if uses_f else [0.0]:
+                run = run_dirs.get((target, scenario, f, s0))
+                if run is not None and (run / "history.csv").is_file():
+                    name = label + (f" f={f:g}" if uses_f else "")
+                    name += f" ({REGISTRY[scenario].validates_on} val)"
+                    val_curves[target].append((scenario, name, f, read_history(run)))
+            f = f0 if uses_f else 0.0
             run = run_dirs.get((target, scenario, f, s0))
             if run is None or not (run / "model.json").is_file():
                 continue
@@ -220,4 +264,5 @@ def make_figures(
             curves[target][label] = read_history(run)
     out["overlays"] = overlays(fig_dir / "overlays.png", panels)
     out["loss_curves"] = loss_curves(fig_dir / "loss_curves.png", curves)
+    out["validation_curves"] = validation_curves(fig_dir / "validation_curves.png", val_curves)
     return out

@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from mrict.runtime.atomic import atomic_write_text
+from mrict.study.scenarios import SCENARIOS
 
-SCENARIO_NAMES = {
-    "target_only": "(1) target only",
-    "source_only": "(2) source only",
-    "translated": "(3) translated source",
-    "target_translated": "(4) target + translated source",
-}
+SCENARIO_NAMES = dict(SCENARIOS)  # the scenario registry's labels
 ALPHA = 0.05
 
 CSS = """
@@ -136,6 +132,215 @@ def conclusion(doc: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _name(key: str) -> str:
+    if key in SCENARIO_NAMES:
+        return SCENARIO_NAMES[key]
+    from mrict.study.scenarios import SCENARIOS
+
+    return SCENARIOS.get(key, key)
+
+
+def _est_ci(est: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    if est is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return _f(est, digits)
+    return f"{_f(est, digits)} [{_f(lo, digits)}, {_f(hi, digits)}]"
+
+
+def _p(p: Any) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
+
+
+def results_table(summary: list[Mapping[str, Any]], info: Mapping[str, Any]) -> str:
+    """The results section: for every scenario, Dice on the real target test patients (mean,
+    patient and seed intervals) next to its validation Dice and the split it was selected on.
+    Older results (Student-t patient intervals, no validation Dice) render with n/a."""
+    boot = bool(summary) and all("ci_patients_method" in r for r in summary)
+    selection = info.get("model_selection") or {}
+    rows = [
+        [
+            r["target"],
+            _scenario(r),
+            r["seeds"],
+            r["patients"],
+            _f(r.get("dice_mean")),
+            _ci(r, "dice", "patients"),
+            _ci(r, "dice", "seeds"),
+            _f(r.get("val_dice")),
+            r.get("selected_on") or selection.get(r["scenario"], "n/a"),
+            _f(r.get("iou_mean")),
+            _ci(r, "iou", "patients"),
+            _f(r.get("hd95_mean"), 1),
+        ]
+        for r in summary
+    ]
+    kind = "bootstrap" if boot else "Student-t"
+    header = [
+        "target",
+        "scenario",
+        "seeds",
+        "test patients",
+        "test Dice",
+        f"95% CI (patients, {kind})",
+        "95% CI (seeds, Student-t)",
+        "val Dice",
+        "selected on",
+        "IoU",
+        f"IoU 95% CI (patients, {kind})",
+        "HD95 (px)",
+    ]
+    if boot:
+        ci_note = (
+            "Test Dice: mean over the target test patients of each patient's Dice averaged over "
+            f"seeds. CI (patients): 95% {_e(summary[0]['ci_patients_method'])} (bias-corrected "
+            "and accelerated), clipped to [0, 1]; CI (seeds): "
+            "Student-t over the seeds' mean Dice, clipped to [0, 1] (training-seed variation "
+            "only, wide with few seeds)."
+        )
+    else:
+        ci_note = (
+            "Dice: mean over seeds of each seed's mean over patients. CI (seeds): Student-t over "
+            "the seeds' means; CI (patients): Student-t over patients' means over seeds."
+        )
+    size = (info.get("segmentation_config") or {}).get("image_size", "?")
+    return "\n".join(
+        [
+            "<h2>Results on the target test patients</h2>",
+            _table(header, rows, left=2),
+            "<p class='note'>Dice/IoU per patient pool all of the patient's test slices. "
+            f"{ci_note} Val Dice: the best validation Dice of each seed's segmenter (the "
+            "checkpoint kept), averaged over seeds, on the split named under <i>selected on</i>; "
+            "for scenarios selected on source or translated patients it does not estimate "
+            "target Dice (n/a: not recorded). HD95 in pixels of the "
+            f"{_e(size)} px network grid. {_e(info.get('metric_policy', ''))}</p>",
+        ]
+    )
+
+
+def statistics_table(tests: list[Mapping[str, Any]]) -> str:
+    """The statistics section: every paired comparison with effect sizes, raw and
+    Holm-adjusted p, and the seed-level checks (absent in older results: n/a)."""
+    rows = []
+    for t in tests:
+        frac = t.get("label_fraction") or 0.0
+        n_seeds = t.get("n_seeds")
+        better = t.get("seeds_a_better")
+        name = f"{_name(t['a'])} vs {_name(t['b'])}" + (f" ({frac:.0%} labels)" if frac else "")
+        wins = f"{round(better * n_seeds)}/{n_seeds}" if better is not None and n_seeds else "n/a"
+        rows.append(
+            [
+                t["target"],
+                name,
+                t["n"],
+                _f(n_seeds),
+                _est_ci(t.get("mean_diff"), t.get("diff_ci_lo"), t.get("diff_ci_hi")),
+                _f(t.get("median_diff")),
+                _est_ci(t.get("d_z"), t.get("d_z_ci_lo"), t.get("d_z_ci_hi"), 2),
+                _f(t.get("statistic"), 1),
+                _p(t.get("p")),
+                _p(t.get("p_holm")),
+                _p(t.get("p_signflip")),
+                _p(t.get("p_every_seed")),
+                _f(t.get("seed_sd")),
+                wins,
+            ]
+        )
+    n_tests = max((t.get("n_tests") or 0 for t in tests), default=0) or len(tests)
+    return "\n".join(
+        [
+            "<h2>Statistics</h2>",
+            _table(
+                [
+                    "target",
+                    "comparison",
+                    "patients",
+                    "seeds",
+                    "mean diff [95% CI]",
+                    "median diff",
+                    "d_z [95% CI]",
+                    "W",
+                    "p (Wilcoxon)",
+                    "p (Holm)",
+                    "p (sign-flip)",
+                    "p (every seed)",
+                    "seed SD of diff",
+                    "seeds first better",
+                ],
+                rows,
+                left=2,
+            ),
+            "<p class='note'>Paired by test patient, differences first minus second, the "
+            "patient as the unit: each patient's Dice is averaged over seeds before pairing. "
+            "p (Wilcoxon): two-sided Wilcoxon signed-rank test, exact up to 20 patients; "
+            "p (sign-flip): exact two-sided sign-flip permutation test of the mean difference. "
+            "Mean diff CI: bootstrap (BCa) over patients, clipped to [-1, 1]; d_z: Cohen's d_z "
+            "(mean / SD of the differences) with a bootstrap CI. Seeds: p (every seed) is an "
+            "intersection-union test that the difference has the same sign and is significant "
+            "in every seed (the largest per-seed Wilcoxon p; valid however the seeds depend on "
+            "each other); seed SD: SD across seeds of the per-seed mean difference. "
+            f"{n_tests} tests are reported; p (Holm) is Holm-adjusted over all of them. "
+            f"Significance level {ALPHA}.</p>",
+        ]
+    )
+
+
+def translation_tables(tr: Mapping[str, Any] | None) -> list[str]:
+    """HTML parts of the translation metrics (``evaluate_translation``'s result): per
+    direction the whole-head table and the lesion-level table (model, identity, histogram),
+    then the real-target segmenters' Dice on translated source slices when present."""
+    from mrict.translation.lesion_metrics import lesion_table, segmenter_table
+
+    parts: list[str] = []
+    if not tr or "mr2ct" not in tr:
+        parts.append(
+            "<p class='note'>No paired test data (DATA/paired_test): translation "
+            "fidelity metrics not computed.</p>"
+        )
+    else:
+        split = f" {tr['paired_split']}" if tr.get("paired_split") else ""
+        lesion = tr.get("lesion") or {}
+        units = {"mr2ct": "HU", "ct2mr": "MAE in [0, 1], others in [-1, 1] units"}
+        for direction, title in (("mr2ct", "MRI &rarr; CT"), ("ct2mr", "CT &rarr; MRI")):
+            methods = tr[direction]
+            keys = sorted({k for v in methods.values() for k in v})
+            parts.append(
+                f"<p><b>{title}</b> on {tr.get('n_slices', '?')} paired{_e(split)} slices: "
+                "whole head</p>"
+            )
+            parts.append(
+                _table(
+                    ["method", *keys],
+                    [[m, *(_f(v.get(k)) for k in keys)] for m, v in methods.items()],
+                )
+            )
+            if direction in lesion:
+                header, rows = lesion_table(
+                    lesion[direction], "CT" if direction == "mr2ct" else "MR"
+                )
+                parts.append(f"<p><b>{title}</b> at the lesion ({units[direction]})</p>")
+                parts.append(_table(header, rows))
+        parts.append(f"<p class='note'>{_e(tr.get('protocol', ''))}</p>")
+        if lesion:
+            masks = "" if lesion.get("tumour_masks") else " No tumour masks: tumour figures n/a."
+            parts.append(
+                f"<p class='note'>Lesion level: {_e(lesion.get('protocol', ''))}{masks}</p>"
+            )
+    seg = (tr or {}).get("segmenter_dice") or {}
+    for direction in ("mr2ct", "ct2mr"):
+        if direction in seg:
+            header, rows = segmenter_table(seg[direction])
+            parts.append(
+                f"<p><b>{_e(seg[direction]['label'])}</b>, {_e(seg.get('split', '?'))} split</p>"
+            )
+            parts.append(_table(header, rows))
+    if seg:
+        parts.append(f"<p class='note'>{_e(seg.get('protocol', ''))}</p>")
+    return parts
+
+
 def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     """The report page as a string."""
     info, summary, tests = doc["info"], doc["summary"], doc["tests"]
@@ -152,96 +357,17 @@ def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         "".join(f"<p>{s}</p>" for s in conclusion(doc)),
         "</div>",
     ]
-    # results
-    rows = [
-        [
-            r["target"],
-            _scenario(r),
-            r["seeds"],
-            r["patients"],
-            _f(r["dice_mean"]),
-            _ci(r, "dice", "seeds"),
-            _ci(r, "dice", "patients"),
-            _f(r["iou_mean"]),
-            _ci(r, "iou", "patients"),
-            _f(r["hd95_mean"], 1),
-        ]
-        for r in summary
-    ]
-    parts += [
-        "<h2>Results on the target test patients</h2>",
-        _table(
-            [
-                "target",
-                "scenario",
-                "seeds",
-                "test patients",
-                "Dice",
-                "95% CI (seeds)",
-                "95% CI (patients)",
-                "IoU",
-                "IoU 95% CI (patients)",
-                "HD95 (px)",
-            ],
-            rows,
-            left=2,
-        ),
-        "<p class='note'>Dice/IoU per patient pool all of the patient's test slices; the mean "
-        "is over seeds of each seed's mean over patients. CI (seeds): Student-t over the seeds' "
-        "means; CI (patients): Student-t over patients' means over seeds. HD95 in pixels of the "
-        f"{info['segmentation_config']['image_size']} px network grid. "
-        f"{_e(info['metric_policy'])}</p>",
-    ]
+    parts.append(results_table(summary, info))
     if "segmentation_metrics" in figures:
         parts.append(_img(figures["segmentation_metrics"], "segmentation metrics"))
-    test_rows = [
-        [
-            t["target"],
-            f"{SCENARIO_NAMES[t['a']]} vs {SCENARIO_NAMES[t['b']]}"
-            + (f" ({t['label_fraction']:.0%} labels)" if t["a"] == "target_translated" else ""),
-            t["n"],
-            _f(t["mean_diff"]),
-            _f(t["median_diff"]),
-            _f(t["statistic"], 1),
-            _f(t["p"], 4),
-        ]
-        for t in tests
-    ]
-    parts += [
-        "<h2>Statistics</h2>",
-        _table(
-            ["target", "comparison", "patients", "mean diff", "median diff", "W", "p"],
-            test_rows,
-            left=2,
-        ),
-        "<p class='note'>Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon) on "
-        "per-patient Dice averaged over seeds, paired by test patient; differences are "
-        f"first minus second. Significance level {ALPHA}.</p>",
-    ]
+    parts.append(statistics_table(tests))
     if "overlays" in figures:
         parts += ["<h2>Predictions on test slices</h2>", _img(figures["overlays"], "overlays")]
     # translation
     parts.append("<h2>Translation</h2>")
     if "sample_translations" in figures:
         parts.append(_img(figures["sample_translations"], "sample translations"))
-    tr = doc.get("translation")
-    if tr and "mr2ct" in tr:
-        for direction, title in (("mr2ct", "MRI &rarr; CT"), ("ct2mr", "CT &rarr; MRI")):
-            methods = tr[direction]
-            keys = sorted({k for v in methods.values() for k in v})
-            parts.append(f"<p><b>{title}</b> on {tr.get('n_slices', '?')} paired test slices</p>")
-            parts.append(
-                _table(
-                    ["method", *keys],
-                    [[m, *(_f(v.get(k)) for k in keys)] for m, v in methods.items()],
-                )
-            )
-        parts.append(f"<p class='note'>{_e(tr.get('protocol', ''))}</p>")
-    else:
-        parts.append(
-            "<p class='note'>No paired test data (DATA/paired_test): translation "
-            "fidelity metrics not computed.</p>"
-        )
+    parts += translation_tables(doc.get("translation"))
     # data and configuration
     ds = info["data_summary"]
     data_rows = [
@@ -298,6 +424,8 @@ def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     ]
     if "loss_curves" in figures:
         parts += ["<h2>Training curves</h2>", _img(figures["loss_curves"], "loss curves")]
+    if "validation_curves" in figures:
+        parts.append(_img(figures["validation_curves"], "validation curves"))
     n_both = sum(c["both_empty"] for c in info["empty_counts"].values())
     n_sl = sum(c["n_slices"] for c in info["empty_counts"].values())
     parts.append(

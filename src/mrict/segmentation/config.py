@@ -10,18 +10,43 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 @dataclass
 class SegConfig:
-    """Every knob of a U-Net training run. Images are (B, 1, H, W) in [-1, 1], H = W =
-    ``image_size``; masks (B, 1, H, W) in {0, 1}.
+    """Every knob of a U-Net training run. Inputs are (B, C, H, W) in [-1, 1], H = W =
+    ``image_size``, C = 1 + ``len(ct_extra_windows)`` for CT and 1 for MRI; masks
+    (B, 1, H, W) in {0, 1}.
 
-    Training runs ``iterations`` optimiser steps; every ``val_every`` steps the model is
-    scored on the validation split (mean per-patient Dice) and the best one is kept. Training
-    stops early after ``patience`` validations without improvement (0 disables it).
+    Training runs at most ``iterations`` optimiser steps; every ``val_every`` steps the
+    model is scored on the validation split (mean per-patient Dice) and the best one is
+    kept. Training stops early after ``patience`` validations in a row that do not beat the
+    best Dice by more than ``min_delta`` (0 disables it), never before ``min_iterations``.
+
+    CT reaches the U-Net through HU windows (:mod:`mrict.segmentation.inputs`): channel 1
+    is ``ct_window`` (``None`` = the network representation unchanged), each of
+    ``ct_extra_windows`` adds a channel. MRI keeps its normalisation (one channel).
+
+    Extra (translated) training sets are combined with the target set by ``schedule``:
+    ``"mixed"``: every batch holds ``batch_size`` target slices, drawn exactly as a run
+    without extra data draws them, plus ``round(batch_size * (1 - real_fraction) /
+    real_fraction)`` extra slices (the batch grows, so passes over the target data stay
+    those of the target-only run at every step); ``"concat"``: the sets are pooled and
+    sampled uniformly (target slices then make up only their share of each batch);
+    ``"pretrain_finetune"``: no mixing; the caller pre-trains on the extra data in a
+    separate run and fine-tunes from it on the target set (``init``, as the study does).
+
+    Self-training pseudo-labels (study scenario 5): a pixel is confident when its predicted
+    probability is >= ``pseudo_confidence`` or <= ``1 - pseudo_confidence``; a target slice
+    is kept when its unconfident pixels are at most ``pseudo_max_uncertain`` times the
+    number of pixels that are not confidently background (slices predicted tumour-free with
+    no unconfident pixel are kept as negatives).
     """
 
     # data
     image_size: int = 256
     split_seed: int = 0
     augment: bool = True
+    #: HU window of the first CT input channel (None: the network representation as is)
+    ct_window: tuple[float, float] | None = (-100.0, 200.0)
+    #: further CT input channels, one HU window each (e.g. ((-200.0, 1800.0),) for bone)
+    ct_extra_windows: tuple[tuple[float, float], ...] = ()
     # network (MONAI UNet; strides of 2 between levels)
     channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     num_res_units: int = 2
@@ -37,12 +62,22 @@ class SegConfig:
     iterations: int = 6000
     val_every: int = 250
     patience: int = 8
+    min_iterations: int = 0
+    min_delta: float = 0.0
+    # combining the target set with extra (translated) sets; see the class docstring
+    schedule: Literal["mixed", "concat", "pretrain_finetune"] = "mixed"
+    real_fraction: float = 0.5
+    # self-training pseudo-labels (study scenario 5); see the class docstring
+    pseudo_confidence: float = 0.9
+    pseudo_max_uncertain: float = 0.5
     lambda_dice: float = 1.0
     lambda_bce: float = 1.0
     # inference
     threshold: float = 0.5
     # runtime
-    precision: Precision = "auto"
+    #: fp32 by default: bf16 autocast is faster on AMX/AVX-512-BF16 CPUs and GPUs but was
+    #: not shown to leave the selected models' Dice unchanged
+    precision: Precision = "fp32"
     device: str = "auto"
     #: iterations between resumable checkpoints (RUN/checkpoint.*); 0 = only on SIGINT/SIGTERM
     checkpoint_every: int = 100

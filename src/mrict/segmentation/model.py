@@ -1,4 +1,4 @@
-"""The segmentation network: MONAI's 2D residual U-Net, one input channel, one logit."""
+"""The segmentation network: MONAI's 2D residual U-Net, C input channels, one logit."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from mrict.segmentation.config import SegConfig
 ARCH_KEYS = ("image_size", "channels", "num_res_units", "norm", "dropout")
 
 
-def build_unet(config: SegConfig) -> nn.Module:
-    """U-Net mapping (B, 1, H, W) images in [-1, 1] to (B, 1, H, W) logits.
+def build_unet(config: SegConfig, in_channels: int = 1) -> nn.Module:
+    """U-Net mapping (B, ``in_channels``, H, W) inputs in [-1, 1] to (B, 1, H, W) logits.
 
     H and W must be divisible by 2 ** (len(channels) - 1).
     """
@@ -30,7 +30,7 @@ def build_unet(config: SegConfig) -> nn.Module:
         )
     net = UNet(
         spatial_dims=2,
-        in_channels=1,
+        in_channels=int(in_channels),
         out_channels=1,
         channels=channels,
         strides=(2,) * (len(channels) - 1),

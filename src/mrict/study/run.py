@@ -1,9 +1,11 @@
-"""``mrict study``: train one CycleGAN, translate the labelled source patients, train the four
-scenarios' segmenters for every seed (and label fraction), score them all on the same target
-test patients and write results, statistics, figures and the HTML report.
+"""``mrict study``: train one CycleGAN, translate the labelled source patients, train the
+segmenters of every scenario in :data:`mrict.study.scenarios.REGISTRY` for every seed (and
+label fraction), score them all on the same target test patients and write results,
+statistics, figures and the HTML report.
 
 Study folder: ``study.json`` (marks the folder as a study), ``gan/`` (unless ``gan_run``
-is given), ``runs/<TARGET>/<scenario>/seed<S>/``,
+is given), ``runs/<TARGET>/<scenario>[_f<F>]/seed<S>/`` (self-training runs also hold
+``pseudo_labels.{npz,json}``),
 ``results.csv`` (one row per target, scenario and label fraction), ``per_patient.csv``,
 ``results.json``, ``figures/*.png`` and ``report.html``. Segmenters already trained in the
 folder are reused, so an interrupted study continues where it stopped.
@@ -12,6 +14,7 @@ folder are reused, so an interrupted study continues where it stopped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -32,16 +35,24 @@ from mrict.runtime.atomic import atomic_write_text
 from mrict.runtime.outputs import check_not_input, check_writable
 from mrict.segmentation.config import SEG_PRESETS, SegConfig
 from mrict.segmentation.metrics import POLICY, evaluate_masks
-from mrict.segmentation.predict import load_segmenter, predict_masks
+from mrict.segmentation.predict import load_segmenter, predict_masks, predict_probabilities
 from mrict.segmentation.trainer import train_segmenter
-from mrict.study.scenarios import SCENARIOS, SELECTION, label_subset
-from mrict.study.stats import mean_ci, paired_wilcoxon
+from mrict.study.analysis import DEFAULT_FRACTIONS, comparisons, preset_seeds, summarise
+from mrict.study.scenarios import (
+    REGISTRY,
+    SCENARIOS,
+    SELECTION,
+    Scenario,
+    dependencies,
+    label_subset,
+    pseudo_labelled_set,
+    study_jobs,
+)
 
 MODALITIES = ("CT", "MR")
 OTHER = {"CT": "MR", "MR": "CT"}
 #: scenarios that use target labels (and so depend on the label fraction)
-USES_TARGET_LABELS = ("target_only", "target_translated")
-METRICS = ("dice", "iou", "hd95")
+USES_TARGET_LABELS = tuple(k for k, s in REGISTRY.items() if s.uses_target_labels)
 #: written first into every study folder: a later run recognises the folder as its own
 STUDY_MARKER = "study.json"
 
@@ -93,8 +104,17 @@ def _gan(
 
 
 def _per_patient_rows(
-    target: str, scenario: str, fraction: float, seed: int, result: dict[str, Any]
+    target: str,
+    scenario: str,
+    fraction: float,
+    seed: int,
+    result: dict[str, Any],
+    meta: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per test patient; ``val_dice`` is the run's best validation Dice (from its
+    ``model.json``, nan when it had no scorable validation set) on the split ``selected_on``."""
+    val = (meta or {}).get("best_val_dice")
+    val_dice = float(val) if val is not None else math.nan
     return [
         {
             "target": target,
@@ -106,9 +126,125 @@ def _per_patient_rows(
             "iou": p["iou"],
             "hd95": p["hd95"],
             "slices": p["slices"],
+            "val_dice": val_dice,
+            "selected_on": SELECTION[scenario],
         }
         for p in result["patients"]
     ]
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def _pseudo_target(
+    train: SliceSet, teacher: Path, run_dir: Path, cfg: SegConfig
+) -> tuple[SliceSet, dict[str, Any]]:
+    """All target train slices with pseudo-labels from the ``teacher`` run (its masks are
+    not used), stored in ``run_dir/pseudo_labels.{npz,json}`` so that a resumed run sees
+    exactly the same labels (recomputed when the teacher's weights changed)."""
+    from mrict.runtime.atomic import atomic_path
+
+    npz, sidecar = run_dir / "pseudo_labels.npz", run_dir / "pseudo_labels.json"
+    digest = _digest(teacher / "model.safetensors")
+    if npz.is_file() and sidecar.is_file():
+        try:
+            stats = json.loads(sidecar.read_text("utf-8"))
+            with np.load(npz) as z:
+                masks, keep = z["masks"], z["keep"]
+            if stats.get("teacher_digest") == digest and masks.shape == train.masks.shape:
+                return SliceSet(train.modality, train.images, masks, keep, train.patient_ids), stats
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            pass  # damaged: recompute
+    probs = predict_probabilities(load_segmenter(teacher), train.images)
+    pseudo, stats = pseudo_labelled_set(
+        train, probs, cfg.pseudo_confidence, cfg.pseudo_max_uncertain
+    )
+    # diagnostic only, never used for training or selection: agreement of the kept
+    # pseudo-labels with the (hidden) target train masks
+    k = pseudo.has_mask & train.has_mask
+    inter = float((pseudo.masks[k].astype(bool) & train.masks[k].astype(bool)).sum())
+    total = float(pseudo.masks[k].sum()) + float(train.masks[k].sum())
+    stats.update(
+        teacher=str(teacher),
+        teacher_digest=digest,
+        diagnostic_dice_vs_hidden_masks=2 * inter / total if total else None,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, masks=pseudo.masks, keep=pseudo.has_mask)
+    atomic_write_text(sidecar, json.dumps(stats, indent=1))
+    return pseudo, stats
+
+
+def _train_job(
+    spec: Scenario,
+    target: str,
+    fraction: float,
+    seed: int,
+    run_dir: Path,
+    cfg: SegConfig,
+    part: dict[str, dict[str, SliceSet]],
+    translated: dict[str, dict[str, SliceSet]],
+    run_dirs: dict[tuple[str, str, float, int], Path],
+    *,
+    progress: bool,
+    title: str,
+    stage: Callable[[str], None],
+) -> None:
+    """Train one scenario's segmenter into ``run_dir`` (continuing its checkpoint)."""
+    src = OTHER[target]
+    deps = {d: run_dirs[(target, d, 0.0, seed)] for d in dependencies(spec.key, cfg.schedule)}
+    for d, path in deps.items():
+        if not (path / "model.json").is_file():
+            raise MrictError(f"{spec.label} needs the trained {REGISTRY[d].label} segmenter", path)
+
+    def dataset(key: str) -> SliceSet:
+        if key == "target":
+            return label_subset(part[target]["train"], fraction, cfg.split_seed)
+        if key == "source":
+            return part[src]["train"]
+        if key == "translated":
+            return translated[target]["train"]
+        assert spec.init_from is not None
+        pseudo, stats = _pseudo_target(part[target]["train"], deps[spec.init_from], run_dir, cfg)
+        stage(
+            f"  pseudo-labels: {stats['kept']} of {stats['slices']} target train slices kept "
+            f"({stats['kept_with_tumour']} with tumour)"
+        )
+        return pseudo
+
+    vals = {
+        "target": part[target]["val"],
+        "source": part[src]["val"],
+        "translated": translated[target]["val"],
+    }
+    main, *extra = [dataset(k) for k in spec.trains_on]
+    run_cfg, init = cfg, None
+    if spec.init_from is not None:
+        # self-training retrains from scratch, main (pseudo-labelled) and extra mixed per batch
+        if cfg.schedule == "pretrain_finetune":
+            run_cfg = dataclasses.replace(cfg, schedule="mixed")
+        if not main.has_mask.any():
+            stage("  no confident pseudo-label: training on the extra data alone")
+            main, extra = extra[0], extra[1:]
+    elif extra and cfg.schedule == "pretrain_finetune":
+        extra, init = [], deps["translated"]  # fine-tune (3)'s segmenter on the target data
+    train_segmenter(
+        main,
+        vals[spec.validates_on],
+        run_dir,
+        run_cfg,
+        seed,
+        extra=extra or None,
+        init=init,
+        progress=progress,
+        title=title,
+        resume=(run_dir / "checkpoint.json").is_file(),
+        resume_command="the same mrict study command (finished runs are kept)",
+    )
 
 
 def _csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -134,83 +270,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary row per (target, scenario, label fraction): mean and 95% CI over seeds
-    (of each seed's mean over patients) and over patients (of each patient's mean over seeds)."""
-    keys = sorted(
-        {(r["target"], r["scenario"], r["label_fraction"]) for r in rows},
-        key=lambda k: (k[0], list(SCENARIOS).index(k[1]), -k[2]),
-    )
-    out = []
-    for target, scenario, fraction in keys:
-        sub = [
-            r
-            for r in rows
-            if (r["target"], r["scenario"], r["label_fraction"]) == (target, scenario, fraction)
-        ]
-        seeds = sorted({r["seed"] for r in sub})
-        patients = sorted({r["patient"] for r in sub})
-        row: dict[str, Any] = {
-            "target": target,
-            "scenario": scenario,
-            "label_fraction": fraction,
-            "seeds": len(seeds),
-            "patients": len(patients),
-        }
-        for m in METRICS:
-            per_seed = [
-                float(np.nanmean([r[m] for r in sub if r["seed"] == s]))
-                if any(math.isfinite(r[m]) for r in sub if r["seed"] == s)
-                else math.nan
-                for s in seeds
-            ]
-            per_patient = [
-                float(np.nanmean([r[m] for r in sub if r["patient"] == p]))
-                if any(math.isfinite(r[m]) for r in sub if r["patient"] == p)
-                else math.nan
-                for p in patients
-            ]
-            cs, cp = mean_ci(per_seed), mean_ci(per_patient)
-            row[f"{m}_mean"] = cs["mean"]
-            row[f"{m}_ci_seeds_lo"], row[f"{m}_ci_seeds_hi"] = cs["lo"], cs["hi"]
-            row[f"{m}_ci_patients_lo"], row[f"{m}_ci_patients_hi"] = cp["lo"], cp["hi"]
-        out.append(row)
-    return out
-
-
-def patient_means(
-    rows: list[dict[str, Any]], target: str, scenario: str, fraction: float
-) -> dict[str, float]:
-    """Per-patient Dice averaged over seeds for one (target, scenario, fraction)."""
-    acc: dict[str, list[float]] = {}
-    for r in rows:
-        if (r["target"], r["scenario"], r["label_fraction"]) == (target, scenario, fraction):
-            acc.setdefault(r["patient"], []).append(r["dice"])
-    return {
-        p: float(np.nanmean(v)) if any(math.isfinite(x) for x in v) else math.nan
-        for p, v in acc.items()
-    }
-
-
-def comparisons(rows: list[dict[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
-    """Paired Wilcoxon signed-rank tests on per-patient Dice (mean over seeds): (4) vs (1) for
-    every label fraction and (3) vs (2), for each target."""
-    tests = []
-    for target in sorted({r["target"] for r in rows}):
-        pairs = [("target_translated", f, "target_only", f) for f in fractions]
-        pairs.append(("translated", 0.0, "source_only", 0.0))
-        for a, fa, b, fb in pairs:
-            da, db = patient_means(rows, target, a, fa), patient_means(rows, target, b, fb)
-            common = sorted(set(da) & set(db))
-            if not common:
-                continue
-            res = paired_wilcoxon([da[p] for p in common], [db[p] for p in common])
-            tests.append(
-                {"target": target, "a": a, "b": b, "label_fraction": fa if fa else fb, **res}
-            )
-    return tests
 
 
 def is_study_folder(out: Path) -> bool:
@@ -248,12 +307,13 @@ def run_study(
     out: str | Path,
     *,
     preset: str = "quick",
-    seeds: int | Sequence[int] = 3,
-    label_fractions: Sequence[float] = (1.0, 0.25),
+    seeds: int | Sequence[int] | None = None,
+    label_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     gan_run: str | Path | None = None,
     seed: int = 0,
     seg_overrides: dict[str, Any] | None = None,
     gan_overrides: dict[str, Any] | None = None,
+    seg_config: str | Path | None = None,
     targets: Sequence[str] = MODALITIES,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
@@ -262,8 +322,9 @@ def run_study(
     """Run the whole study on ``data``; return the study folder (holding report.html).
 
     ``seeds``: a count (seeds ``seed, seed+1, ...``) or explicit seeds of the segmenter
-    training. ``label_fractions``: fractions of the target train patients whose masks the
-    target-label scenarios (1) and (4) may use. An existing study folder is continued
+    training (None: the preset's default, 3 for quick, 5 for paper). ``label_fractions``:
+    fractions of the target train patients whose masks the target-label scenarios (1) and
+    (4) may use. An existing study folder is continued
     (finished runs are kept); any other non-empty folder needs ``overwrite``.
     """
     t0 = time.time()
@@ -271,13 +332,16 @@ def run_study(
     if not data.is_dir():
         raise MrictError("data folder not found", data)
     check_study_folder(out, data, overwrite)
+    if seeds is None:
+        seeds = preset_seeds(preset)
     seed_list = list(range(seed, seed + int(seeds))) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise MrictError("--seeds must be at least 1")
     fractions = sorted({float(f) for f in label_fractions}, reverse=True)
     if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
         raise MrictError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
-    cfg = resolve_config(SegConfig, SEG_PRESETS, preset, None, seg_overrides or {})
+    # segmentation options: preset <- YAML file ``seg_config`` <- ``seg_overrides``
+    cfg = resolve_config(SegConfig, SEG_PRESETS, preset, seg_config, seg_overrides or {})
     out.mkdir(parents=True, exist_ok=True)
     if not (out / STUDY_MARKER).is_file():
         marker = {"kind": "mrict-study", "data": str(data.resolve()), "preset": preset}
@@ -322,58 +386,63 @@ def run_study(
             for k in ("train", "val")
         }
 
-    # 4. train and score every segmenter on the target test patients
-    jobs: list[tuple[str, str, float, int]] = []
-    for target in targets:
-        for s in seed_list:
-            for f in fractions:
-                jobs.append((target, "target_only", f, s))
-            jobs.append((target, "source_only", 0.0, s))
-            jobs.append((target, "translated", 0.0, s))
-            for f in fractions:
-                jobs.append((target, "target_translated", f, s))
+    # 4. train and score every segmenter on the target test patients (the jobs, their data
+    # and selection split come from the scenario registry; dependencies are trained first)
+    jobs = study_jobs(targets, seed_list, fractions)
     rows: list[dict[str, Any]] = []
     counts: dict[str, dict[str, int]] = {}
+    run_info: dict[str, dict[str, Any]] = {}
     run_dirs: dict[tuple[str, str, float, int], Path] = {}
     t_seg = time.time()
     for n, (target, scenario, f, s) in enumerate(jobs, 1):
-        src = OTHER[target]
-        tgt_train = label_subset(part[target]["train"], f, cfg.split_seed) if f else None
-        train_sets: list[SliceSet]
-        if scenario == "target_only":
-            train_sets, val = [tgt_train], part[target]["val"]
-        elif scenario == "source_only":
-            train_sets, val = [part[src]["train"]], part[src]["val"]
-        elif scenario == "translated":
-            train_sets, val = [translated[target]["train"]], translated[target]["val"]
-        else:
-            train_sets, val = [tgt_train, translated[target]["train"]], part[target]["val"]
+        spec = REGISTRY[scenario]
         name = scenario if not f else f"{scenario}_f{f:g}"
         run_dir = out / "runs" / target / name / f"seed{s}"
         run_dirs[(target, scenario, f, s)] = run_dir
-        label = f"[{n}/{len(jobs)}] {target} {SCENARIOS[scenario]}" + (f" f={f:g}" if f else "")
+        label = f"[{n}/{len(jobs)}] {target} {spec.label}" + (f" f={f:g}" if f else "")
         stage(f"{label} seed {s}")
         if not (run_dir / "model.json").is_file():
             # an interrupted segmenter continues from its checkpoint (removed once finished)
-            train_segmenter(
-                train_sets,
-                val,
+            _train_job(
+                spec,
+                target,
+                f,
+                s,
                 run_dir,
                 cfg,
-                s,
+                part,
+                translated,
+                run_dirs,
                 progress=progress,
                 title=label,
-                resume=(run_dir / "checkpoint.json").is_file(),
-                resume_command="the same mrict study command (finished runs are kept)",
+                stage=stage,
             )
+        seg = load_segmenter(run_dir)
         test = part[target]["test"].labelled()
-        pred = predict_masks(load_segmenter(run_dir), test.images)
+        pred = predict_masks(seg, test.images)
         result = evaluate_masks(pred, test.masks, test.patient_ids)
-        rows += _per_patient_rows(target, scenario, f, s, result)
+        rows += _per_patient_rows(target, scenario, f, s, result, seg.meta)
         summ = result["summary"]
         counts[f"{target}/{name}/seed{s}"] = {
             k: summ[k] for k in ("both_empty", "hd95_one_empty", "patients_both_empty", "n_slices")
         }
+        run_info[f"{target}/{name}/seed{s}"] = {
+            k: seg.meta.get(k)
+            for k in (
+                "best_val_dice",
+                "best_iteration",
+                "last_iteration",
+                "stopped_early",
+                "schedule",
+                "target_passes",
+                "train_slices",
+            )
+        } | {"selected_on": spec.selection}
+        pseudo = run_dir / "pseudo_labels.json"
+        if pseudo.is_file():
+            run_info[f"{target}/{name}/seed{s}"]["pseudo_labels"] = json.loads(
+                pseudo.read_text("utf-8")
+            )
     t_seg = time.time() - t_seg
 
     # 5. statistics, tables, figures, report
@@ -409,6 +478,8 @@ def run_study(
         },
         "scenarios": SCENARIOS,
         "model_selection": SELECTION,
+        "scenario_registry": {k: dataclasses.asdict(v) for k, v in REGISTRY.items()},
+        "runs": run_info,
         "metric_policy": POLICY,
         "empty_counts": counts,
         "timing_s": {"gan": round(t_gan, 1), "segmentation": round(t_seg, 1)},
@@ -437,11 +508,10 @@ def run_study(
 
 
 def _translation_metrics(gan_dir: Path, data: Path) -> dict[str, Any] | None:
-    """Paired-test translation metrics (MAE HU, PSNR, SSIM with baselines) when DATA has them."""
-    try:
-        from mrict.translation.evaluate import evaluate_translation, find_paired_dir
-    except ImportError:
-        return None
+    """Paired-test translation metrics (MAE HU, PSNR, SSIM with baselines) when DATA has them;
+    None only when DATA has no paired test set."""
+    from mrict.translation.evaluate import evaluate_translation, find_paired_dir
+
     if find_paired_dir(data) is None:
         return None
     return evaluate_translation(gan_dir, data, write=False)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 FeatureLoss = Literal["mind", "vgg16", "resnet50", "none"]
+CtMap = Literal["soft_tissue", "linear"]
+Upsample = Literal["resize", "transpose"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
@@ -17,6 +19,20 @@ class GanConfig:
     passes over the larger modality's train split. The learning rate is constant, then
     decays linearly to 0 over the last ``decay_fraction`` of the steps.
     ``lambda_identity`` is a fraction of ``lambda_cycle`` (as in the reference CycleGAN).
+
+    Tumour-aware terms (they need the masks that labelled train slices have; slices without
+    a mask simply do not contribute, and a data set without masks trains without them):
+    ``lambda_seg`` weighs the segmentation-consistency loss, the Dice + BCE of a jointly
+    trained target-modality segmenter on each translated slice against its source mask;
+    ``lambda_lesion`` weighs the lesion-appearance term, the L1 distance of the translated
+    tumour's mean intensity and tumour-to-ring contrast from those of real target tumours.
+    ``use_target_masks``: the segmenters also learn from real target slices with their
+    masks, and the lesion term (which needs real target tumours) is on; with False each
+    direction uses only its source modality's masks.
+
+    Selection: every ``select_every`` iterations (and at the end) the generators are scored
+    on the paired validation set ``DATA/paired_val`` when it exists (never the test set), and
+    the best-scoring ones are written as ``generators``; 0 keeps the final ones.
     """
 
     # data
@@ -26,6 +42,9 @@ class GanConfig:
     # networks
     ngf: int = 64
     n_blocks: int = 9
+    upsample: Upsample = "resize"
+    #: CT intensity map of the networks (mrict.data.intensity.CT_MAPS)
+    ct_map: CtMap = "soft_tissue"
     ndf: int = 64
     n_layers_d: int = 3
     # optimisation
@@ -48,6 +67,13 @@ class GanConfig:
     #: read a pickle-based (.pth/.pt) feature_weights file, with torch.load(weights_only=True);
     #: off by default: only safetensors are read
     feature_weights_allow_pickle: bool = False
+    lambda_seg: float = 1.0
+    lambda_lesion: float = 1.0
+    use_target_masks: bool = True
+    #: channels of the jointly trained segmenters (MONAI UNet, instance norm)
+    seg_channels: tuple[int, ...] = (16, 32, 64)
+    seg_lr: float = 1e-3
+    select_every: int = 0
     # runtime
     seed: int = 0
     precision: Precision = "auto"
@@ -79,6 +105,7 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
         # a CT, so it adds little here; MIND carries the structure instead
         "lambda_identity": 0.0,
         "lambda_feature": 5.0,
+        "select_every": 50,
     },
     "paper": {
         "image_size": 256,
@@ -90,6 +117,7 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
         "iterations": 0,
         "decay_fraction": 0.5,
         "checkpoint_every": 2000,
+        "select_every": 2000,
     },
 }
 

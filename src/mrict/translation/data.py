@@ -17,12 +17,18 @@ N_QUANTILES = 1001
 
 @dataclass
 class UnpairedData:
-    """``mr`` and ``ct``: (N, 1, H, W) float32 in [-1, 1], the train split of each modality."""
+    """``mr`` and ``ct``: (N, 1, H, W) float32 in [-1, 1], the train split of each modality;
+    ``mr_masks`` / ``ct_masks``: (N, 1, H, W) float32 tumour masks in {0, 1}, with
+    ``mr_labelled`` / ``ct_labelled`` (N,) bool telling which slices have a mask."""
 
     mr: torch.Tensor
     ct: torch.Tensor
     mr_patients: list[str]
     ct_patients: list[str]
+    mr_masks: torch.Tensor
+    ct_masks: torch.Tensor
+    mr_labelled: torch.Tensor
+    ct_labelled: torch.Tensor
 
     def quantiles(self) -> dict[str, list[float]]:
         """Intensity quantiles (in [-1, 1]) of each modality's train images."""
@@ -37,8 +43,9 @@ def load_unpaired(
     data_root, image_size: int, split_seed: int = 0, progress: bool = True
 ) -> UnpairedData:
     """Read both modalities under ``data_root`` and keep each one's train-split patients
-    (masks are not used). Raises :class:`MrictError` when a modality has no train images."""
-    out = {}
+    with their tumour masks (for the tumour-aware terms). Raises :class:`MrictError` when
+    a modality has no train images."""
+    out, masks, labelled = {}, {}, {}
     patients = {}
     for modality in ("MR", "CT"):
         full = load_modality(data_root, modality, size=image_size, progress=progress)
@@ -47,8 +54,19 @@ def load_unpaired(
         if len(subset) == 0:
             raise MrictError(f"no {modality} images in the train split", data_root)
         out[modality] = torch.from_numpy(np.ascontiguousarray(subset.images))[:, None]
+        masks[modality] = torch.from_numpy(subset.masks.astype(np.float32))[:, None]
+        labelled[modality] = torch.from_numpy(np.asarray(subset.has_mask, dtype=bool))
         patients[modality] = train
-    return UnpairedData(out["MR"], out["CT"], patients["MR"], patients["CT"])
+    return UnpairedData(
+        out["MR"],
+        out["CT"],
+        patients["MR"],
+        patients["CT"],
+        masks["MR"],
+        masks["CT"],
+        labelled["MR"],
+        labelled["CT"],
+    )
 
 
 def epoch_order(

@@ -11,13 +11,20 @@ from __future__ import annotations
 import torch
 
 
+def _is_exporting() -> bool:
+    # torch.compiler.is_exporting is new in torch 2.7; before it, torch.export is covered by
+    # torch.compiler.is_compiling(), which graph_capture checks as well
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 def graph_capture() -> bool:
     """True while tracing, scripting, exporting or compiling."""
     return bool(
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
+        or _is_exporting()
         or torch.compiler.is_compiling()
     )
 

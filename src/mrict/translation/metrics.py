@@ -16,11 +16,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.metrics import structural_similarity
+from torchmetrics.functional.image import structural_similarity_index_measure
 
-from mrict.data.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_01
+from mrict.data.intensity import HU_MAX, HU_MIN, hu_to_01, unit_to_01
 
 HU_WINDOW = f"[{HU_MIN:.0f}, {HU_MAX:.0f}] HU"
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_SSIM_PAD = SSIM_WINDOW // 2
 
 
 def head_mask_from_ct(ct_hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
@@ -33,20 +37,45 @@ def head_mask_from_ct(ct_hu: np.ndarray, threshold: float = -500.0) -> np.ndarra
     return mask.astype(bool)
 
 
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full-size SSIM map (H, W) of two images in [0, 1], in float64: Gaussian window 11,
+    sigma 1.5, population covariance, data range 1, K1 0.01, K2 0.03; borders by
+    half-sample symmetric extension. Equals scikit-image's ``structural_similarity(a, b,
+    data_range=1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    full=True)`` map (tests/translation/test_ssim.py)."""
+    # torchmetrics pads with whole-sample reflection; padding symmetrically first and
+    # cropping its padded margin back off makes every window see the symmetric extension.
+    pad = _SSIM_PAD
+    ta, tb = (
+        torch.from_numpy(np.pad(np.asarray(x, dtype=np.float64), pad, mode="symmetric"))[None, None]
+        for x in (a, b)
+    )
+    _, full = structural_similarity_index_measure(
+        ta,
+        tb,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=1.0,
+        return_full_image=True,
+    )
+    return full[0, 0, pad:-pad, pad:-pad].numpy()
+
+
+def ssim_mean(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two images in [0, 1], over the map less a half-window margin (as
+    scikit-image's scalar)."""
+    smap = ssim_map(a, b)
+    inner = smap[_SSIM_PAD:-_SSIM_PAD, _SSIM_PAD:-_SSIM_PAD]
+    return float(inner.mean() if inner.size else smap.mean())
+
+
 def _masked_01(pred01: np.ndarray, true01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     pred = np.where(mask, pred01, 0.0)
     true = np.where(mask, true01, 0.0)
     mse = float(np.mean((pred[mask] - true[mask]) ** 2)) if mask.any() else 0.0
     psnr = float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
-    _, smap = structural_similarity(
-        true,
-        pred,
-        data_range=1.0,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        full=True,
-    )
+    smap = ssim_map(true, pred)
     ssim = float(smap[mask].mean()) if mask.any() else float(smap.mean())
     return {"psnr": psnr, "ssim": ssim}
 
@@ -58,7 +87,7 @@ def ct_metrics(pred_hu: np.ndarray, true_hu: np.ndarray, mask: np.ndarray) -> di
     mask = mask.astype(bool)
     mae = float(np.abs(pred - true)[mask].mean()) if mask.any() else 0.0
     out = {"mae_hu": mae}
-    out.update(_masked_01(unit_to_01(hu_to_unit(pred)), unit_to_01(hu_to_unit(true)), mask))
+    out.update(_masked_01(hu_to_01(pred), hu_to_01(true), mask))
     return out
 
 
@@ -79,9 +108,7 @@ def cycle_metrics(image: np.ndarray, reconstruction: np.ndarray) -> dict[str, fl
     """Cycle consistency of one (H, W) image in [-1, 1]: ``cycle_psnr``, ``cycle_ssim``."""
     a, b = unit_to_01(image), unit_to_01(reconstruction)
     mse = float(np.mean((a - b) ** 2))
-    ssim = structural_similarity(
-        a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
-    )
+    ssim = ssim_mean(a, b)
     return {
         "cycle_psnr": float("inf") if mse == 0 else float(10 * np.log10(1 / mse)),
         "cycle_ssim": float(ssim),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -33,11 +35,31 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+Upsample = Literal["resize", "transpose"]
+
+
+def upsampling(ch_in: int, ch_out: int, mode: Upsample, pad: type[nn.Module]) -> list[nn.Module]:
+    """A x2 upsampling layer: ``"resize"`` is bilinear resizing followed by a reflection-
+    padded 3x3 convolution (no checkerboard artefacts: every output pixel sees the same
+    number of kernel taps); ``"transpose"`` is the reference CycleGAN's stride-2 transposed
+    convolution."""
+    if mode == "resize":
+        return [
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            pad(1),
+            nn.Conv2d(ch_in, ch_out, 3),
+        ]
+    if mode == "transpose":
+        return [nn.ConvTranspose2d(ch_in, ch_out, 3, stride=2, padding=1, output_padding=1)]
+    raise ValueError(f"unknown upsampling {mode!r} (resize or transpose)")
+
+
 class ResnetGenerator(nn.Module):
     """(B, in_ch, H, W) in [-1, 1] -> (B, out_ch, H, W) in [-1, 1] (tanh); H, W divisible by 4.
 
     7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks at ``4 * ngf``
-    channels, two transposed-convolution upsamplings, 7x7 head. With ``fast_layers`` the
+    channels, two x2 upsamplings (``upsample``: resize + convolution by default, or the
+    reference's transposed convolution, see :func:`upsampling`), 7x7 head. With ``fast_layers`` the
     CPU gets faster implementations of the same layers, with unchanged weights and state
     dict: a :class:`StemConv2d` stem (``in_ch == 1``), a :class:`HeadConv2d` head
     (``out_ch == 1``), :class:`ReflectionPad2d` padding and :class:`InstanceNorm2d`
@@ -52,10 +74,17 @@ class ResnetGenerator(nn.Module):
         ngf: int = 64,
         n_blocks: int = 9,
         *,
+        upsample: Upsample = "resize",
         fast_layers: bool = True,
     ) -> None:
         super().__init__()
-        self.arch = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks}
+        self.arch = {
+            "in_ch": in_ch,
+            "out_ch": out_ch,
+            "ngf": ngf,
+            "n_blocks": n_blocks,
+            "upsample": upsample,
+        }
         pad = ReflectionPad2d if fast_layers else nn.ReflectionPad2d
         norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
         stem = StemConv2d(ngf, 7) if fast_layers and in_ch == 1 else nn.Conv2d(in_ch, ngf, 7)
@@ -76,7 +105,7 @@ class ResnetGenerator(nn.Module):
         layers += [ResidualBlock(ch, fast_layers=fast_layers) for _ in range(n_blocks)]
         for _ in range(2):
             layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                *upsampling(ch, ch // 2, upsample, pad),
                 norm(ch // 2),
                 nn.ReLU(inplace=True),
             ]
@@ -139,10 +168,10 @@ class CycleGenerators(nn.Module):
     """Both generators; one forward computes every image the generator losses need, so
     DistributedDataParallel sees a single forward per step."""
 
-    def __init__(self, ngf: int, n_blocks: int) -> None:
+    def __init__(self, ngf: int, n_blocks: int, upsample: Upsample = "resize") -> None:
         super().__init__()
-        self.mr2ct = ResnetGenerator(1, 1, ngf, n_blocks)
-        self.ct2mr = ResnetGenerator(1, 1, ngf, n_blocks)
+        self.mr2ct = ResnetGenerator(1, 1, ngf, n_blocks, upsample=upsample)
+        self.ct2mr = ResnetGenerator(1, 1, ngf, n_blocks, upsample=upsample)
 
     def forward(
         self, real_mr: torch.Tensor, real_ct: torch.Tensor, identity: bool = True
@@ -174,9 +203,9 @@ class CycleDiscriminators(nn.Module):
 
 
 def build_models(
-    ngf: int, n_blocks: int, ndf: int, n_layers_d: int
+    ngf: int, n_blocks: int, ndf: int, n_layers_d: int, upsample: Upsample = "resize"
 ) -> tuple[CycleGenerators, CycleDiscriminators]:
     """Freshly initialised generators and discriminators (uses the global torch RNG)."""
-    gens = init_weights(CycleGenerators(ngf, n_blocks))
+    gens = init_weights(CycleGenerators(ngf, n_blocks, upsample))
     discs = init_weights(CycleDiscriminators(ndf, n_layers_d))
     return gens, discs  # type: ignore[return-value]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mrict.config import check_resumable, config_to_dict, save_config
+from mrict.data.intensity import DEFAULT_CT_MAP, remap_ct
 from mrict.errors import MrictError
 from mrict.runtime import distributed as dist
 from mrict.runtime.atomic import atomic_path, atomic_write_text
@@ -31,9 +32,16 @@ from mrict.runtime.numerics import LossGuard, nonfinite_terms
 from mrict.runtime.seed import rng_state, seed_everything
 from mrict.translation.config import RESUMABLE_CHANGES, GanConfig
 from mrict.translation.data import UnpairedData, epoch_order, load_unpaired
+from mrict.translation.lesion import (
+    CycleSegmenters,
+    lesion_appearance_loss,
+    lesion_reference,
+    masked_seg_loss,
+)
 from mrict.translation.losses import build_feature_loss, l1_loss, lsgan_loss, ssim_loss
 from mrict.translation.networks import CycleGenerators, build_models
 from mrict.translation.pool import ImagePool
+from mrict.translation.selection import load_paired_validation, score_generators
 from mrict.translation.translate import HISTOGRAMS
 
 CHECKPOINT = "checkpoint"
@@ -50,9 +58,16 @@ LOSS_NAMES = (
     "ssim_ct",
     "feature_mr2ct",
     "feature_ct2mr",
+    "seg_mr2ct",
+    "seg_ct2mr",
+    "lesion_mr2ct",
+    "lesion_ct2mr",
     "D_mr",
     "D_ct",
+    "S_mr",
+    "S_ct",
 )
+SELECTION_CSV = "selection.csv"
 
 
 def _lr_factor(total: int, decay_fraction: float) -> Callable[[int], float]:
@@ -77,10 +92,16 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def save_generators(
-    gens: CycleGenerators, run_dir: Path, config: GanConfig, extra: dict[str, Any]
+    gens: CycleGenerators,
+    run_dir: Path,
+    config: GanConfig,
+    extra: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    name: str = GENERATORS,
 ) -> Path:
-    """Write RUN/generators.safetensors + .json: both generators' weights, their
-    architecture and image size (what :func:`mrict.translation.translate.load_generators` reads)."""
+    """Write RUN/<name>.safetensors + .json: both generators' weights (``state``, a
+    CycleGenerators state dict, instead of the current ones when given), their architecture
+    and image size (what :func:`mrict.translation.translate.load_generators` reads)."""
     meta = {
         "kind": "mrict-cyclegan-generators",
         "arch": dict(gens.mr2ct.arch),
@@ -88,8 +109,12 @@ def save_generators(
         "config": config_to_dict(config),
         **extra,
     }
-    state = {"mr2ct": gens.mr2ct.state_dict(), "ct2mr": gens.ct2mr.state_dict()}
-    return save_checkpoint(run_dir / GENERATORS, state, meta)
+    full = state if state is not None else gens.state_dict()
+    split = {
+        key: {k[len(key) + 1 :]: v for k, v in full.items() if k.startswith(key + ".")}
+        for key in ("mr2ct", "ct2mr")
+    }
+    return save_checkpoint(run_dir / name, split, meta)
 
 
 class _Logger:
@@ -110,14 +135,10 @@ class _Logger:
             with self.csv_path.open(newline="") as fh:
                 old = list(csv.reader(fh))
             self.rows = [r for r in old[1:] if r and int(r[0]) <= resume_iteration]
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        # tensorboard is a declared dependency (torch.utils.tensorboard needs it)
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(
-                str(run_dir / "tensorboard"), purge_step=resume_iteration + 1
-            )
-        except Exception:  # tensorboard missing: CSV and PNGs still record everything
-            self.writer = None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_iteration + 1)
         from mrict.runtime.progress import progress_bar
 
         self.bar = progress_bar(
@@ -133,7 +154,8 @@ class _Logger:
             return
         info = (
             f"G {losses['G_total']:.3f} D {losses['D_mr'] + losses['D_ct']:.3f} "
-            f"cyc {losses['cycle_mr'] + losses['cycle_ct']:.3f} {ips:.1f} img/s"
+            f"cyc {losses['cycle_mr'] + losses['cycle_ct']:.3f} "
+            f"seg {losses['seg_mr2ct'] + losses['seg_ct2mr']:.3f} {ips:.1f} img/s"
         )
         self.bar.update(self.task, completed=iteration, info=info)
         if not log:
@@ -252,6 +274,9 @@ def _train(
     on_step: Callable[[int], None] | None,
 ) -> Path:
     data: UnpairedData = load_unpaired(data_root, cfg.image_size, cfg.split_seed, progress and main)
+    quantiles = data.quantiles()  # in the default CT map: what the histogram baseline reads
+    if cfg.ct_map != DEFAULT_CT_MAP:
+        data.ct = remap_ct(data.ct, DEFAULT_CT_MAP, cfg.ct_map)
     n_mr, n_ct = len(data.mr), len(data.ct)
     world, rank, bsz = info.world_size, info.rank, cfg.batch_size
     per_step = bsz * world
@@ -261,9 +286,19 @@ def _train(
         raise MrictError("set iterations or epochs to a positive number")
 
     seed_everything(cfg.seed)
-    gens, discs = build_models(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.n_layers_d)
+    gens, discs = build_models(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.n_layers_d, cfg.upsample)
     gens.to(device)
     discs.to(device)
+    # tumour-aware terms: only where some train slices carry a mask
+    has_masks = bool(data.mr_labelled.any() or data.ct_labelled.any())
+    tumour_aware = has_masks and (cfg.lambda_seg > 0 or cfg.lambda_lesion > 0)
+    segs = CycleSegmenters(cfg.seg_channels).to(device) if tumour_aware else None
+    refs = {"mr": None, "ct": None}
+    if tumour_aware and cfg.use_target_masks and cfg.lambda_lesion > 0:
+        refs = {
+            "mr": lesion_reference(data.mr, data.mr_masks, data.mr_labelled),
+            "ct": lesion_reference(data.ct, data.ct_masks, data.ct_labelled),
+        }
     if cfg.channels_last:
         gens.to(memory_format=torch.channels_last)
         discs.to(memory_format=torch.channels_last)
@@ -276,6 +311,9 @@ def _train(
     fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     opt_g = torch.optim.Adam(gens.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
     opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
+    opt_s = (
+        torch.optim.Adam(segs.parameters(), lr=cfg.seg_lr, **fused) if segs is not None else None
+    )
     factor = _lr_factor(total, cfg.decay_fraction)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor)
@@ -285,6 +323,15 @@ def _train(
         "ct": ImagePool(cfg.pool_size, seed=cfg.seed * 7919 + 2 * rank + 1),
     }
     iteration = 0
+    val_quantiles = dict(quantiles)
+    if cfg.ct_map != DEFAULT_CT_MAP:
+        val_quantiles["CT"] = remap_ct(np.asarray(quantiles["CT"]), DEFAULT_CT_MAP, cfg.ct_map)
+    val = (
+        load_paired_validation(data_root, cfg.image_size, val_quantiles, cfg.ct_map)
+        if cfg.select_every > 0
+        else None
+    )
+    best: dict[str, Any] = {"score": math.inf, "iteration": 0, "state": None, "history": []}
     if ckpt is not None:
         load_module_state(gens, ckpt["generators"], "generators")
         load_module_state(discs, ckpt["discriminators"], "discriminators")
@@ -299,21 +346,34 @@ def _train(
         if len(saved_pools) == world:
             for k in pools:
                 pools[k].load_state_dict(saved_pools[rank][k])
+        if segs is not None and opt_s is not None and ckpt.get("segmenters"):
+            load_module_state(segs, ckpt["segmenters"], "segmenters")
+            opt_s.load_state_dict(ckpt["opt_s"])
+        saved_best = ckpt.get("selection") or {}
+        if saved_best.get("history"):
+            best = {
+                "score": float(saved_best["score"]),
+                "iteration": int(saved_best["iteration"]),
+                "state": ckpt.get("best_generators") or None,
+                "history": [dict(h) for h in saved_best["history"]],
+            }
         iteration = int(ckpt["iteration"])
         torch.set_rng_state(ckpt["rng"]["torch"])
     if cfg.compile:
         for m in (gens.mr2ct, gens.ct2mr, discs.d_mr, discs.d_ct):
             m.compile()
-    gens_raw, discs_raw = gens, discs
+    gens_raw, discs_raw, segs_raw = gens, discs, segs
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         gens = nn.parallel.DistributedDataParallel(gens_raw, device_ids=ids)
         discs = nn.parallel.DistributedDataParallel(discs_raw, device_ids=ids)
+        if segs_raw is not None:
+            segs = nn.parallel.DistributedDataParallel(segs_raw, device_ids=ids)
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        atomic_write_text(run_dir / HISTOGRAMS, json.dumps(data.quantiles()))
+        atomic_write_text(run_dir / HISTOGRAMS, json.dumps(quantiles))
     logger = _Logger(run_dir, iteration, total, enabled=main, show_bar=progress)
     pick = torch.linspace(0, 1, cfg.sample_count)
     sample_mr = data.mr[(pick * (n_mr - 1)).round().long()].to(device)
@@ -341,6 +401,10 @@ def _train(
                 "pools": pool_states,
                 "iteration": iteration,
                 "rng": rng_state(),
+                "segmenters": segs_raw.state_dict() if segs_raw is not None else {},
+                "opt_s": opt_s.state_dict() if opt_s is not None else {},
+                "selection": {k: v for k, v in best.items() if k != "state"},
+                "best_generators": best["state"] or {},
             }
             meta = {
                 "iteration": iteration,
@@ -383,22 +447,32 @@ def _train(
             assert orders is not None
             lo = pos * per_step + rank * bsz
             sl = slice(lo, lo + bsz)
-            real_mr = data.mr[orders[0][sl]]
-            real_ct = data.ct[orders[1][sl]]
+            i_mr, i_ct = orders[0][sl], orders[1][sl]
+            real_mr, real_ct = data.mr[i_mr], data.ct[i_ct]
+            mask_mr, mask_ct = data.mr_masks[i_mr], data.ct_masks[i_ct]
             if cfg.augment:
-                flips = orders[2][sl]
-                real_mr = torch.where(flips[:, 0, None, None, None], real_mr.flip(-1), real_mr)
-                real_ct = torch.where(flips[:, 1, None, None, None], real_ct.flip(-1), real_ct)
+                f_mr = orders[2][sl][:, 0, None, None, None]
+                f_ct = orders[2][sl][:, 1, None, None, None]
+                real_mr = torch.where(f_mr, real_mr.flip(-1), real_mr)
+                real_ct = torch.where(f_ct, real_ct.flip(-1), real_ct)
+                mask_mr = torch.where(f_mr, mask_mr.flip(-1), mask_mr)
+                mask_ct = torch.where(f_ct, mask_ct.flip(-1), mask_ct)
             real_mr, real_ct = real_mr.to(device), real_ct.to(device)
+            mask_mr, mask_ct = mask_mr.to(device), mask_ct.to(device)
+            lab_mr, lab_ct = data.mr_labelled[i_mr].to(device), data.ct_labelled[i_ct].to(device)
             if cfg.channels_last:
                 real_mr = real_mr.contiguous(memory_format=torch.channels_last)
                 real_ct = real_ct.contiguous(memory_format=torch.channels_last)
 
             # generators
             _set_requires_grad(discs_raw, False)
+            if segs_raw is not None:
+                _set_requires_grad(segs_raw, False)
             with ac():
                 out = gens(real_mr, real_ct, identity)
                 score_mr, score_ct = discs_raw(out["fake_mr"], out["fake_ct"])
+                if segs_raw is not None and cfg.lambda_seg > 0:
+                    seg_fake_mr, seg_fake_ct = segs_raw(out["fake_mr"], out["fake_ct"])
             with no_ac():
                 losses_t = {
                     "G_adv_mr2ct": cfg.lambda_adv * lsgan_loss(score_ct, True),
@@ -420,18 +494,37 @@ def _train(
                     losses_t["feature_ct2mr"] = cfg.lambda_feature * feature(
                         real_ct, out["fake_mr"]
                     )
+                if segs_raw is not None and cfg.lambda_seg > 0:
+                    losses_t["seg_mr2ct"] = cfg.lambda_seg * masked_seg_loss(
+                        seg_fake_ct, mask_mr, lab_mr
+                    )
+                    losses_t["seg_ct2mr"] = cfg.lambda_seg * masked_seg_loss(
+                        seg_fake_mr, mask_ct, lab_ct
+                    )
+                if refs["ct"] is not None:
+                    losses_t["lesion_mr2ct"] = cfg.lambda_lesion * lesion_appearance_loss(
+                        out["fake_ct"], mask_mr, lab_mr, refs["ct"]
+                    )
+                if refs["mr"] is not None:
+                    losses_t["lesion_ct2mr"] = cfg.lambda_lesion * lesion_appearance_loss(
+                        out["fake_mr"], mask_ct, lab_ct, refs["mr"]
+                    )
                 loss_g = sum(losses_t.values())
             if not finite(losses_t, iteration + 1):
                 iteration += 1
                 sched_g.step()
                 sched_d.step()
                 _set_requires_grad(discs_raw, True)
+                if segs_raw is not None:
+                    _set_requires_grad(segs_raw, True)
                 continue
             opt_g.zero_grad(set_to_none=True)
             scaler_g.scale(loss_g).backward()
             scaler_g.step(opt_g)
             scaler_g.update()
             _set_requires_grad(discs_raw, True)
+            if segs_raw is not None:
+                _set_requires_grad(segs_raw, True)
 
             # discriminators, on real images and pooled fakes in one forward
             fake_mr = pools["mr"].query(out["fake_mr"].float())
@@ -448,6 +541,20 @@ def _train(
                 scaler_d.scale(loss_d).backward()
                 scaler_d.step(opt_d)
                 scaler_d.update()
+            s_terms: dict[str, torch.Tensor] = {}
+            if segs is not None and opt_s is not None:
+                s_terms = _segmenter_step(
+                    segs,
+                    opt_s,
+                    out,
+                    (real_mr, real_ct),
+                    (mask_mr, mask_ct),
+                    (lab_mr, lab_ct),
+                    cfg.use_target_masks,
+                    ac,
+                    no_ac,
+                    lambda t, s=iteration + 1: finite(t, s),
+                )
             lr = opt_g.param_groups[0]["lr"]
             sched_g.step()
             sched_d.step()
@@ -459,6 +566,7 @@ def _train(
                 values.update({k: float(v.detach()) for k, v in losses_t.items()})
                 values["G_total"] = float(loss_g.detach())
                 values["D_mr"], values["D_ct"] = float(d_mr.detach()), float(d_ct.detach())
+                values.update({k: float(v.detach()) for k, v in s_terms.items()})
                 now = time.perf_counter()
                 ips = n_last / max(now - t_last, 1e-9)
                 log = iteration % max(1, cfg.log_every) == 0 or iteration == total
@@ -471,6 +579,8 @@ def _train(
                 done_epochs = math.ceil(iteration / steps_per_epoch)
                 _write_png(run_dir / f"samples_epoch_{done_epochs:03d}.png", grid)
                 logger.image(grid, iteration)
+            if val is not None and (iteration % cfg.select_every == 0 or iteration == total):
+                _select(best, gens_raw, val, iteration, run_dir if main else None)
             if (
                 cfg.checkpoint_every > 0
                 and iteration % cfg.checkpoint_every == 0
@@ -487,23 +597,95 @@ def _train(
         checkpoint()
         _check_in_sync(gens_raw, info)
         if main:
-            save_generators(
-                gens_raw,
-                run_dir,
-                cfg,
-                {
-                    "iterations": iteration,
-                    "world_size": world,
-                    "data_root": str(Path(data_root).resolve()),
-                    "train_patients": {"MR": data.mr_patients, "CT": data.ct_patients},
-                    "histograms": data.quantiles(),
+            extra = {
+                "iterations": iteration,
+                "world_size": world,
+                "data_root": str(Path(data_root).resolve()),
+                "train_patients": {"MR": data.mr_patients, "CT": data.ct_patients},
+                "histograms": quantiles,
+                "tumour_aware": {
+                    "segmentation_consistency": segs_raw is not None and cfg.lambda_seg > 0,
+                    "target_masks": bool(cfg.use_target_masks and segs_raw is not None),
+                    "lesion_reference": {k: v.as_dict() if v else None for k, v in refs.items()},
                 },
+            }
+            selection = {
+                "on": "paired_val" if val is not None else None,
+                "iteration": best["iteration"] if best["state"] is not None else iteration,
+                "score": best["score"] if best["state"] is not None else None,
+                "history": best["history"],
+            }
+            save_generators(
+                gens_raw, run_dir, cfg, {**extra, "selection": selection}, state=best["state"]
             )
+            if best["state"] is not None:
+                save_generators(
+                    gens_raw,
+                    run_dir,
+                    cfg,
+                    {**extra, "selection": {"on": None}},
+                    name="generators_final",
+                )
         dist.barrier()
     finally:
         stop_ctx.__exit__(None, None, None)
         logger.close()
     return run_dir
+
+
+def _segmenter_step(
+    segs: nn.Module,
+    opt: torch.optim.Optimizer,
+    out: dict[str, torch.Tensor],
+    real: tuple[torch.Tensor, torch.Tensor],
+    masks: tuple[torch.Tensor, torch.Tensor],
+    labelled: tuple[torch.Tensor, torch.Tensor],
+    use_target_masks: bool,
+    ac: Callable[[], Any],
+    no_ac: Callable[[], Any],
+    finite: Callable[[dict[str, torch.Tensor]], bool],
+) -> dict[str, torch.Tensor]:
+    """One update of the jointly trained segmenters: the MR segmenter learns CT->MR
+    translations with the CT masks, the CT segmenter MR->CT translations with the MR masks;
+    with ``use_target_masks`` each also learns the real slices of its modality with theirs.
+    Returns the loss terms ``S_mr`` and ``S_ct``."""
+    (real_mr, real_ct), (mask_mr, mask_ct), (lab_mr, lab_ct) = real, masks, labelled
+    in_mr, in_ct = out["fake_mr"].detach(), out["fake_ct"].detach()
+    y_mr, y_ct, l_mr, l_ct = mask_ct, mask_mr, lab_ct, lab_mr
+    if use_target_masks:
+        in_mr, in_ct = torch.cat([in_mr, real_mr]), torch.cat([in_ct, real_ct])
+        y_mr, y_ct = torch.cat([y_mr, mask_mr]), torch.cat([y_ct, mask_ct])
+        l_mr, l_ct = torch.cat([l_mr, lab_mr]), torch.cat([l_ct, lab_ct])
+    with ac():
+        p_mr, p_ct = segs(in_mr, in_ct)
+    with no_ac():
+        terms = {
+            "S_mr": masked_seg_loss(p_mr, y_mr, l_mr),
+            "S_ct": masked_seg_loss(p_ct, y_ct, l_ct),
+        }
+    if finite(terms):
+        opt.zero_grad(set_to_none=True)
+        (terms["S_mr"] + terms["S_ct"]).backward()
+        opt.step()
+    return terms
+
+
+def _select(
+    best: dict[str, Any], gens: CycleGenerators, val: Any, iteration: int, run_dir: Path | None
+) -> None:
+    """Score the generators on the paired validation set; keep a copy of the best ones in
+    ``best`` and (``run_dir`` given) rewrite RUN/selection.csv."""
+    scores = score_generators(gens.mr2ct, gens.ct2mr, val)
+    best["history"].append({"iteration": iteration, **scores})
+    if math.isfinite(scores["score"]) and scores["score"] < best["score"]:
+        best["score"], best["iteration"] = scores["score"], iteration
+        best["state"] = {k: v.detach().cpu().clone() for k, v in gens.state_dict().items()}
+    if run_dir is not None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(best["history"][0]))
+        w.writeheader()
+        w.writerows(best["history"])
+        atomic_write_text(run_dir / SELECTION_CSV, buf.getvalue())
 
 
 def _check_in_sync(gens: nn.Module, info: dist.DistInfo) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from mrict.data.datasets import normalise
 from mrict.data.geometry import from_network, to_network
-from mrict.data.intensity import unit_to_hu
+from mrict.data.intensity import DEFAULT_CT_MAP, remap_ct, unit_to_hu
 from mrict.data.io import is_image_file, read_slices, write_like
 from mrict.data.layout import find_modality_dirs
 from mrict.errors import MrictError
@@ -59,6 +59,7 @@ def _load_run(run_dir: Path) -> tuple[dict, dict]:
                 "out_ch": 1,
                 "ngf": cfg.get("ngf"),
                 "n_blocks": cfg.get("n_blocks"),
+                "upsample": cfg.get("upsample", "transpose"),
             },
             "image_size": cfg.get("image_size"),
             "config": cfg,
@@ -80,19 +81,38 @@ def read_run_meta(run_dir: str | Path) -> dict:
     return meta
 
 
+class CtMapAdapter(torch.nn.Module):
+    """A generator trained with another CT network map (``ct_map``), seen through the
+    default map: CT inputs are remapped before it, CT outputs after it, so every caller
+    passes and receives CT in :data:`~mrict.data.intensity.DEFAULT_CT_MAP` units."""
+
+    def __init__(self, generator: ResnetGenerator, key: str, ct_map: str) -> None:
+        super().__init__()
+        self.generator, self.key, self.ct_map = generator, key, ct_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.key == "ct2mr":
+            return self.generator(remap_ct(x, DEFAULT_CT_MAP, self.ct_map))
+        return remap_ct(self.generator(x), self.ct_map, DEFAULT_CT_MAP)
+
+
 def load_generators(
     run_dir: str | Path, device: str | torch.device | None = None
-) -> dict[str, ResnetGenerator]:
+) -> dict[str, torch.nn.Module]:
     """``{"mr2ct": G, "ct2mr": G}`` in eval mode from RUN/generators.{safetensors,json}
     (or the latest RUN/checkpoint of an unfinished run).
 
-    Each generator carries ``image_size`` (the training size) as an attribute.
+    Each generator carries ``image_size`` (the training size) as an attribute, and takes
+    and returns CT in the default network map whatever map it was trained with (runs
+    from before the map existed used ``"linear"``; runs from before ``upsample`` existed
+    used transposed convolutions).
     """
     run_dir = Path(run_dir)
     state, meta = _load_run(run_dir)
     arch = meta.get("arch", {})
     dev = pick_device(str(device)) if device is not None else torch.device("cpu")
-    out: dict[str, ResnetGenerator] = {}
+    ct_map = str(meta.get("config", {}).get("ct_map", "linear"))
+    out: dict[str, torch.nn.Module] = {}
     for key in ("mr2ct", "ct2mr"):
         if not state.get(key):
             raise MrictError(f"run holds no {key} generator", run_dir)
@@ -101,10 +121,12 @@ def load_generators(
             int(arch.get("out_ch", 1)),
             int(arch["ngf"]),
             int(arch["n_blocks"]),
+            upsample=arch.get("upsample", "transpose"),
         )
         load_module_state(g, state[key], key)
-        g.image_size = int(meta["image_size"])  # type: ignore[assignment]
-        out[key] = g.to(dev).eval()
+        model: torch.nn.Module = g if ct_map == DEFAULT_CT_MAP else CtMapAdapter(g, key, ct_map)
+        model.image_size = int(meta["image_size"])  # type: ignore[assignment]
+        out[key] = model.to(dev).eval()
     return out
 
 

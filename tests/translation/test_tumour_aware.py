@@ -1,0 +1,233 @@
+"""Upsampling choice, tumour-aware losses, paired-validation selection and the simulator's
+paired validation set."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mrict.translation.lesion import (
+    CycleSegmenters,
+    LesionReference,
+    lesion_appearance_loss,
+    lesion_reference,
+    lesion_stats,
+    masked_seg_loss,
+    ring_mask,
+)
+from mrict.translation.networks import ResnetGenerator, init_weights
+
+
+def _disc_masks(b: int = 2, size: int = 32, radius: int = 5) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = (((yy - 16) ** 2 + (xx - 16) ** 2) <= radius**2).float()
+    return disc.expand(b, 1, size, size).clone()
+
+
+@pytest.mark.parametrize("mode", ["resize", "transpose"])
+def test_generator_upsampling_options_keep_shape_and_record_the_choice(mode):
+    g = init_weights(ResnetGenerator(1, 1, 4, 1, upsample=mode))
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert g(x).shape == x.shape
+    assert g.arch["upsample"] == mode
+    has_transpose = any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert has_transpose == (mode == "transpose")
+
+
+def test_resize_upsampling_has_no_checkerboard_on_a_constant_input():
+    """A constant feature map stays constant through resize + conv (away from the border),
+    while a transposed stride-2 convolution imprints a 2-pixel period."""
+    from mrict.translation.networks import upsampling
+
+    torch.manual_seed(0)
+    x = torch.ones(1, 4, 8, 8)
+    resize = torch.nn.Sequential(*upsampling(4, 2, "resize", torch.nn.ReflectionPad2d))
+    trans = torch.nn.Sequential(*upsampling(4, 2, "transpose", torch.nn.ReflectionPad2d))
+    with torch.no_grad():
+        r = resize(x)[..., 2:-2, 2:-2]
+        t = trans(x)[..., 2:-2, 2:-2]
+    assert float(r.std(dim=(-1, -2)).max()) < 1e-5
+    assert float(t.std(dim=(-1, -2)).max()) > 1e-3
+
+
+def test_unknown_upsampling_is_refused():
+    with pytest.raises(ValueError, match="unknown upsampling"):
+        ResnetGenerator(1, 1, 4, 1, upsample="pixelshuffle")  # type: ignore[arg-type]
+
+
+def test_ring_and_lesion_stats_hand_computed():
+    masks = _disc_masks(1)
+    ring = ring_mask(masks, width=2)
+    assert float((ring * masks).sum()) == 0.0 and float(ring.sum()) > 0
+    img = torch.full((1, 1, 32, 32), -0.5)
+    img[masks.bool()] = 0.4
+    t, r, v = lesion_stats(img, masks, torch.tensor([True]))
+    assert bool(v[0]) and float(t[0]) == pytest.approx(0.4) and float(r[0]) == pytest.approx(-0.5)
+    # unlabelled or tumour-free slices do not count
+    _, _, v = lesion_stats(img, masks, torch.tensor([False]))
+    assert not bool(v[0])
+    _, _, v = lesion_stats(img, torch.zeros_like(masks), torch.tensor([True]))
+    assert not bool(v[0])
+
+
+def test_lesion_reference_and_appearance_loss_values_and_gradients():
+    masks = _disc_masks(2)
+    lab = torch.tensor([True, True])
+    real = torch.full((2, 1, 32, 32), 0.0)
+    real[masks.bool()] = 0.3  # tumour 0.3 on background 0: contrast 0.3
+    ref = lesion_reference(real, masks, lab)
+    assert ref is not None and ref.slices == 2
+    assert ref.tumour == pytest.approx(0.3) and ref.contrast == pytest.approx(0.3)
+    # a translation whose tumour is 0.5 on 0: |0.5 - 0.3| + |0.5 - 0.3| = 0.4
+    fake = torch.zeros(2, 1, 32, 32)
+    fake[masks.bool()] = 0.5
+    fake.requires_grad_()
+    loss = lesion_appearance_loss(fake, masks, lab, ref)
+    assert float(loss) == pytest.approx(0.4, abs=1e-6)
+    loss.backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+    # matching appearance: zero loss
+    assert float(lesion_appearance_loss(real, masks, lab, ref)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_terms_are_exact_zeros_but_differentiable_without_masks():
+    fake = torch.rand(2, 1, 32, 32, requires_grad=True)
+    none = torch.tensor([False, False])
+    ref = LesionReference(0.1, 0.2, 3)
+    loss = lesion_appearance_loss(fake, _disc_masks(2), none, ref) + masked_seg_loss(
+        fake, _disc_masks(2), none
+    )
+    assert float(loss) == 0.0
+    loss.backward()
+    assert fake.grad is not None
+    assert lesion_reference(fake.detach(), _disc_masks(2), none) is None
+
+
+def test_segmentation_consistency_loss_differs_with_the_image_and_reaches_the_input():
+    torch.manual_seed(0)
+    segs = CycleSegmenters((4, 8))
+    masks = _disc_masks(2)
+    lab = torch.tensor([True, False])
+    a = torch.rand(2, 1, 32, 32, requires_grad=True)
+    b = torch.rand(2, 1, 32, 32)
+    _, pa = segs(a, a)
+    _, pb = segs(b, b)
+    la, lb = masked_seg_loss(pa, masks, lab), masked_seg_loss(pb, masks, lab)
+    assert float(la) > 0 and float(la) != pytest.approx(float(lb))
+    la.backward()
+    # only the labelled slice contributes a gradient to the image
+    assert float(a.grad[0].abs().sum()) > 0
+    assert float(a.grad[1].abs().sum()) == 0.0
+
+
+def _tiny_data(tmp_path, **kw):
+    from mrict.phantom.simulate import simulate_dataset
+
+    args = dict(
+        mri_patients=4,
+        ct_patients=4,
+        test_patients=2,
+        val_patients=2,
+        slices_per_patient=3,
+        size=32,
+        fmt="png",
+        progress=False,
+        workers=1,
+    )
+    args.update(kw)
+    return simulate_dataset(tmp_path / "data", **args)
+
+
+def test_simulator_writes_a_paired_validation_set_disjoint_from_test(tmp_path):
+    data = _tiny_data(tmp_path)
+    for split in ("paired_val", "paired_test"):
+        for sub in ("MR", "CT", "mask"):
+            assert any((data / split / sub).iterdir()), (split, sub)
+    val = {p.name.split("_")[0] for p in (data / "paired_val" / "CT").iterdir()}
+    test = {p.name.split("_")[0] for p in (data / "paired_test" / "CT").iterdir()}
+    assert val == {"PV001", "PV002"} and test == {"PT001", "PT002"} and not val & test
+    manifest = json.loads((data / "manifest.json").read_text())
+    groups = {p["id"]: p["group"] for p in manifest["patients"]}
+    assert groups["PV001"] == "paired_val" and groups["PT001"] == "paired_test"
+    # the paired validation anatomy is not a copy of a test patient's
+    a = (data / "paired_val" / "CT" / "PV001_000.png").read_bytes()
+    b = (data / "paired_test" / "CT" / "PT001_000.png").read_bytes()
+    assert a != b
+
+
+def _train(tmp_path, data, name, **over):
+    from mrict.translation.config import GanConfig
+    from mrict.translation.trainer import train_cyclegan
+
+    cfg = GanConfig(
+        image_size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        n_layers_d=2,
+        batch_size=2,
+        iterations=4,
+        checkpoint_every=0,
+        log_every=1,
+        sample_count=1,
+        precision="fp32",
+        seg_channels=(4, 8),
+        **over,
+    )
+    return train_cyclegan(data, tmp_path / name, cfg, progress=False)
+
+
+def _losses(run):
+    import csv
+
+    rows = list(csv.DictReader((run / "losses.csv").open()))
+    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path):
+    data = _tiny_data(tmp_path)
+    run = _train(tmp_path, data, "run", select_every=2)
+    losses = _losses(run)
+    for key in ("seg_mr2ct", "seg_ct2mr", "S_mr", "S_ct"):
+        assert any(v > 0 for v in losses[key]), key
+    meta = json.loads((run / "generators.json").read_text())
+    sel = meta["meta"]["selection"] if "meta" in meta else meta["selection"]
+    assert sel["on"] == "paired_val"
+    assert [h["iteration"] for h in sel["history"]] == [2, 4]
+    assert sel["iteration"] in (2, 4)
+    assert (run / "selection.csv").is_file()
+
+
+def test_training_without_masks_switches_the_terms_off(tmp_path):
+    import shutil
+
+    data = _tiny_data(tmp_path)
+    for m in ("MR", "CT"):
+        shutil.rmtree(data / m / f"mask_{m}")
+    run = _train(tmp_path, data, "run")
+    losses = _losses(run)
+    for key in ("seg_mr2ct", "seg_ct2mr", "lesion_mr2ct", "lesion_ct2mr", "S_mr", "S_ct"):
+        assert all(v == 0.0 for v in losses[key]), key
+    assert all(np.isfinite(losses["G_total"]))
+
+
+def test_source_masks_only_turns_the_lesion_term_off(tmp_path):
+    data = _tiny_data(tmp_path)
+    run = _train(tmp_path, data, "run", use_target_masks=False, lambda_lesion=1.0)
+    losses = _losses(run)
+    assert all(v == 0.0 for v in losses["lesion_mr2ct"] + losses["lesion_ct2mr"])
+    assert any(v > 0 for v in losses["seg_mr2ct"])
+
+
+def test_linear_ct_map_run_translates_in_default_units(tmp_path):
+    """A run trained with the linear map is seen through the default map by every caller."""
+    from mrict.translation.translate import CtMapAdapter, load_generators
+
+    data = _tiny_data(tmp_path)
+    run = _train(tmp_path, data, "run", ct_map="linear", lambda_seg=0.0, lambda_lesion=0.0)
+    gens = load_generators(run)
+    assert isinstance(gens["mr2ct"], CtMapAdapter) and gens["mr2ct"].image_size == 32
+    with torch.no_grad():
+        y = gens["mr2ct"](torch.zeros(1, 1, 32, 32))
+    assert y.shape == (1, 1, 32, 32) and float(y.abs().max()) <= 1.0
