@@ -342,7 +342,8 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, monkeypatch, cap
     calls.clear()
     first_study[0] = False
     assert run(argv) == 0, capsys.readouterr().err
-    assert calls[0] == stopped and len(calls) == 8 - 2  # the finished two are kept
+    # 5 scenarios x 2 targets; the finished two are kept
+    assert calls[0] == stopped and len(calls) == 10 - 2
     assert all((p / "model.safetensors").read_bytes() == b for p, b in finished.items())
     assert not list((study / "runs").rglob("checkpoint.*"))  # no stale U-Net checkpoint
     ref = tmp_path / "ref"

@@ -29,6 +29,7 @@ TINY = dict(
     iterations=2,
     val_every=1,
     device="cpu",
+    schedule="mixed",
 )
 
 

@@ -27,6 +27,7 @@ TINY = dict(
     patience=0,
     precision="fp32",
     device="cpu",
+    schedule="mixed",
 )
 
 
@@ -177,12 +178,12 @@ def test_mixed_run_resumes_bit_exactly(tmp_path):
 
 def test_concat_and_pretrain_finetune_schedules(tmp_path, batches):
     target, extra = tagged(6, -0.9, "T"), tagged(10, 0.2, "S")
-    cfg = SegConfig(**TINY, iterations=4, schedule="concat")
+    cfg = SegConfig(**{**TINY, "schedule": "concat"}, iterations=4)
     run = train_segmenter(target, None, tmp_path / "c", cfg, extra=extra, progress=False)
     assert all(len(x) == 4 for x in batches)  # pooled: the batch keeps its size
     _, meta = load_checkpoint(run / "model")
     assert meta["target_slices"] == 16 and meta["extra_slices"] == 0
-    ft = SegConfig(**TINY, iterations=4, schedule="pretrain_finetune")
+    ft = SegConfig(**{**TINY, "schedule": "pretrain_finetune"}, iterations=4)
     with pytest.raises(MrictError, match="init"):
         train_segmenter(target, None, tmp_path / "p", ft, extra=extra, progress=False)
     # fine-tuning starts from the init run's selected weights
@@ -195,3 +196,26 @@ def test_concat_and_pretrain_finetune_schedules(tmp_path, batches):
     with pytest.raises(MrictError, match="mix modalities"):
         ct = SliceSet("CT", extra.images, extra.masks, extra.has_mask, extra.patient_ids)
         train_segmenter(target, None, tmp_path / "m", cfg, extra=ct, progress=False)
+
+
+def test_train_seg_extra_pretrains_then_fine_tunes(make_dataset, tmp_path) -> None:
+    from mrict.cli import run
+
+    data = make_dataset("png", patients=4, slices=2, size=16, modalities=("MR",))
+    extra = make_dataset(
+        "png", patients=2, slices=2, size=16, modalities=("MR",), root=tmp_path / "x"
+    )
+    yaml = tmp_path / "seg.yaml"
+    yaml.write_text("image_size: 16\nchannels: [4, 8]\nnum_res_units: 1\nbatch_size: 2\n")
+    argv = ["train-seg", str(data), "--modality", "MR", "--extra", str(extra)]
+    argv += ["--config", str(yaml), "--iterations", "2"]
+    assert run([*argv, "--out", str(tmp_path / "pf")]) == 0
+    meta = json.loads((tmp_path / "pf" / "model.json").read_text())["meta"]
+    assert meta["init"] == str(tmp_path / "pf" / "pretrain") and meta["extra_slices"] == 0
+    pre = json.loads((tmp_path / "pf" / "pretrain" / "model.json").read_text())["meta"]
+    assert pre["target_slices"] == 4  # the pre-training saw the extra data only
+    yaml.write_text(yaml.read_text() + "schedule: mixed\n")
+    assert run([*argv, "--out", str(tmp_path / "mixed")]) == 0
+    meta = json.loads((tmp_path / "mixed" / "model.json").read_text())["meta"]
+    assert meta["schedule"] == "mixed" and meta["extra_slices"] == 4
+    assert not (tmp_path / "mixed" / "pretrain").exists()

@@ -33,7 +33,9 @@ def test_demo_simulates_then_runs_quick_study(tmp_path: Path, monkeypatch, capsy
     )
     assert run(["demo", "--out", str(tmp_path / "demo"), "--seed", "3"]) == 0
     assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
-    assert calls["preset"] == "quick" and list(calls["seeds"]) == [3, 4]
+    assert calls["preset"] == "quick" and list(calls["seeds"]) == list(
+        range(3, 3 + study_cmd.DEMO_SEEDS)
+    )
     assert calls["label_fractions"] == study_cmd.DEMO_FRACTIONS
     assert "report.html" in capsys.readouterr().out
     # a second run reuses the simulated data

@@ -1,4 +1,4 @@
-"""The whole study on a tiny simulated data set: CycleGAN, 4 scenarios x 2 targets, report."""
+"""The whole study on a tiny simulated data set: CycleGAN, 5 scenarios x 2 targets, report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from mrict.phantom.simulate import simulate_dataset
 from mrict.segmentation.config import SEG_PRESETS
 from mrict.translation.config import GAN_PRESETS
 
-FIGURES = ("sample_translations", "segmentation_metrics", "overlays", "loss_curves")
+FIGURES = (
+    "sample_translations",
+    "segmentation_metrics",
+    "overlays",
+    "loss_curves",
+    "validation_curves",
+)
 
 
 def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -84,7 +90,7 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
     assert {(r["target"], r["scenario"]) for r in rows} == {
         (t, s)
         for t in ("CT", "MR")
-        for s in ("target_only", "source_only", "translated", "target_translated")
+        for s in ("target_only", "source_only", "translated", "target_translated", "self_training")
     }
     doc = json.loads((study / "results.json").read_text())
     splits = doc["info"]["splits"]
@@ -92,7 +98,7 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
         scored = {r["patient"] for r in doc["per_patient"] if r["target"] == m}
         assert scored == set(splits[m]["test"])
         assert not scored & set(splits[m]["train"])
-    assert {t["a"] for t in doc["tests"]} == {"target_translated", "translated"}
+    assert {t["a"] for t in doc["tests"]} == {"target_translated", "translated", "self_training"}
     assert doc["translation"] is not None and "mr2ct" in doc["translation"]
     page = (study / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES)

@@ -126,13 +126,13 @@ def test_plain_layers_while_compiling_or_exporting(monkeypatch: pytest.MonkeyPat
     x = torch.randn(2, 1, 12, 12, requires_grad=True)
     h = torch.randn(2, 3, 12, 12, requires_grad=True)
     fast = {
-        "stem": StemConv2d(3, 3)(x).grad_fn.name(),
-        "pad": ReflectionPad2d(1)(h).grad_fn.name(),
-        "norm": InstanceNorm2d(3)(h).grad_fn.name(),
+        "stem": type(StemConv2d(3, 3)(x).grad_fn).__name__,
+        "pad": type(ReflectionPad2d(1)(h).grad_fn).__name__,
+        "norm": type(InstanceNorm2d(3)(h).grad_fn).__name__,
     }
     assert "ConvolutionBackward" not in fast["stem"]
     assert "ReflectionPad2DBackward" not in fast["pad"]
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert "ConvolutionBackward" in StemConv2d(3, 3)(x).grad_fn.name()
-    assert "ReflectionPad2DBackward" in ReflectionPad2d(1)(h).grad_fn.name()
-    assert InstanceNorm2d(3)(h).grad_fn.name() != fast["norm"]
+    assert "ConvolutionBackward" in type(StemConv2d(3, 3)(x).grad_fn).__name__
+    assert "ReflectionPad2DBackward" in type(ReflectionPad2d(1)(h).grad_fn).__name__
+    assert type(InstanceNorm2d(3)(h).grad_fn).__name__ != fast["norm"]

@@ -84,7 +84,7 @@ def test_lesion_reference_and_appearance_loss_values_and_gradients():
     fake[masks.bool()] = 0.5
     fake.requires_grad_()
     loss = lesion_appearance_loss(fake, masks, lab, ref)
-    assert float(loss) == pytest.approx(0.4, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.4, abs=1e-6)
     loss.backward()
     assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
     # matching appearance: zero loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -66,7 +67,7 @@ def train_seg_command(
     ),
 ) -> None:
     """Train a U-Net on DATA's train split, selected on its validation split."""
-    from mrict.config import resolve_config
+    from mrict.config import resolve_config, save_config
     from mrict.data.datasets import load_modality
     from mrict.data.splits import split_patients
     from mrict.segmentation.config import SEG_PRESETS, SegConfig
@@ -88,17 +89,36 @@ def train_seg_command(
     splits = split_patients(full.patients(), seed=cfg.split_seed)
     train = label_subset(full.select(splits["train"]), label_fraction, cfg.split_seed)
     extra_sets = [load_modality(folder, mod, size=cfg.image_size) for folder in extra]
+    command = _resume_command(data, mod, out, seed, label_fraction, extra, init)
+    val = full.select(splits["val"])
+    if extra_sets and cfg.schedule == "pretrain_finetune" and init is None:
+        # pre-train on the extra data (OUT/pretrain, selected on the val split), then
+        # fine-tune that segmenter on the train split below
+        init = out / "pretrain"
+        if not (init / "model.json").is_file():
+            save_config(cfg, out / "config.yaml")  # marks OUT as a run for --resume
+            train_segmenter(
+                extra_sets,
+                val,
+                init,
+                dataclasses.replace(cfg, schedule="mixed"),
+                seed,
+                title=f"U-Net {mod} (pre-training on --extra)",
+                resume=resume and (init / "checkpoint.json").is_file(),
+                resume_command=command,
+            )
+        extra_sets = []
     run = train_segmenter(
         train,
-        full.select(splits["val"]),
+        val,
         out,
         cfg,
         seed,
         extra=extra_sets or None,
         init=init,
         title=f"U-Net {mod}",
-        resume=resume,
-        resume_command=_resume_command(data, mod, out, seed, label_fraction, extra, init),
+        resume=resume and (out / "checkpoint.json").is_file(),
+        resume_command=command,
     )
     typer.echo(f"segmenter written to {run}")
 

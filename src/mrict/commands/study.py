@@ -54,6 +54,13 @@ def study_command(
     gan_iterations: int | None = typer.Option(
         None, "--gan-iterations", help="Override CycleGAN iterations."
     ),
+    translator_target_masks: bool = typer.Option(
+        False,
+        "--translator-target-masks/--translator-source-masks",
+        help="Let the CycleGAN's tumour-aware terms also use the target modality's train "
+        "masks (then scenarios (3) and (5) use target labels through the translator); by "
+        "default each direction uses only its source masks.",
+    ),
     seg_config: Path | None = typer.Option(
         None,
         "--seg-config",
@@ -82,7 +89,10 @@ def study_command(
         gan_run=gan_run,
         seed=seed,
         seg_overrides={"iterations": iterations},
-        gan_overrides={"iterations": gan_iterations} if gan_iterations else None,
+        gan_overrides={
+            "use_target_masks": translator_target_masks,
+            **({"iterations": gan_iterations} if gan_iterations else {}),
+        },
         seg_config=seg_config,
         overwrite=overwrite,
     )

@@ -627,7 +627,9 @@ def train_segmenter(
         "best_val_dice": None if not math.isfinite(best) else best,
         "last_iteration": it,
         "stopped_early": stopped_early,
-        "schedule": config.schedule if aux is not None else "target only",
+        "schedule": config.schedule
+        if aux is not None
+        else ("fine-tune from init" if init is not None else "single set"),
         "init": str(init) if init is not None else None,
         "train_slices": len(data) + (len(aux) if aux is not None else 0),
         "train_patients": len(

@@ -76,6 +76,13 @@ def translate_set(generator: Any, s: SliceSet, target: str, size: int) -> SliceS
     return SliceSet(target, fake, s.masks.copy(), s.has_mask.copy(), list(s.patient_ids))
 
 
+#: the study's translator learns from each direction's source masks only, so scenarios
+#: (2), (3) and (5) see no target label, not even through the translator, and the label
+#: fractions of (1) and (4) are the only target labels used (override with
+#: ``gan_overrides={"use_target_masks": True}``)
+STUDY_GAN_DEFAULTS: dict[str, Any] = {"use_target_masks": False}
+
+
 def _gan(
     data: Path,
     out: Path,
@@ -93,9 +100,8 @@ def _gan(
         return gan_run, read_run_meta(gan_run)
     gan_dir = out / "gan"
     if not (gan_dir / "generators.json").is_file():
-        cfg = resolve_config(
-            GanConfig, GAN_PRESETS, preset, None, {"seed": seed, **(gan_overrides or {})}
-        )
+        overrides = {"seed": seed, **STUDY_GAN_DEFAULTS, **(gan_overrides or {})}
+        cfg = resolve_config(GanConfig, GAN_PRESETS, preset, None, overrides)
         _log(f"training the CycleGAN ({preset} preset) -> {gan_dir}")
         train_cyclegan(
             data, gan_dir, cfg, resume=(gan_dir / "checkpoint.json").is_file(), progress=progress
@@ -142,9 +148,10 @@ def _digest(path: Path) -> str:
 def _pseudo_target(
     train: SliceSet, teacher: Path, run_dir: Path, cfg: SegConfig
 ) -> tuple[SliceSet, dict[str, Any]]:
-    """All target train slices with pseudo-labels from the ``teacher`` run (its masks are
-    not used), stored in ``run_dir/pseudo_labels.{npz,json}`` so that a resumed run sees
-    exactly the same labels (recomputed when the teacher's weights changed)."""
+    """All target train slices, their own masks replaced by the ``teacher`` run's
+    confident pseudo-labels (:func:`~mrict.study.scenarios.pseudo_label`), stored in
+    ``run_dir/pseudo_labels.{npz,json}`` so that a resumed run sees exactly the same labels
+    (recomputed when the teacher's weights changed)."""
     from mrict.runtime.atomic import atomic_path
 
     npz, sidecar = run_dir / "pseudo_labels.npz", run_dir / "pseudo_labels.json"
@@ -208,8 +215,8 @@ def _train_job(
             return part[src]["train"]
         if key == "translated":
             return translated[target]["train"]
-        assert spec.init_from is not None
-        pseudo, stats = _pseudo_target(part[target]["train"], deps[spec.init_from], run_dir, cfg)
+        assert spec.teacher is not None
+        pseudo, stats = _pseudo_target(part[target]["train"], deps[spec.teacher], run_dir, cfg)
         stage(
             f"  pseudo-labels: {stats['kept']} of {stats['slices']} target train slices kept "
             f"({stats['kept_with_tumour']} with tumour)"
@@ -223,7 +230,7 @@ def _train_job(
     }
     main, *extra = [dataset(k) for k in spec.trains_on]
     run_cfg, init = cfg, None
-    if spec.init_from is not None:
+    if spec.teacher is not None:
         # self-training retrains from scratch, main (pseudo-labelled) and extra mixed per batch
         if cfg.schedule == "pretrain_finetune":
             run_cfg = dataclasses.replace(cfg, schedule="mixed")

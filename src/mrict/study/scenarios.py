@@ -9,7 +9,7 @@ Each :class:`Scenario` names the data it trains on, by key:
 - ``"translated"``: source train patients translated into the target modality, with the
   source masks;
 - ``"pseudo_target"``: all target train patients, labelled with confident pseudo-labels
-  of the scenario's ``init_from`` segmenter (:func:`pseudo_label`; target masks unused).
+  of the scenario's ``teacher`` segmenter (:func:`pseudo_label`; target masks unused).
 
 The first key is the main training set; further keys are the extra sets combined with it
 by ``SegConfig.schedule`` (:func:`mrict.segmentation.trainer.train_segmenter`).
@@ -50,8 +50,9 @@ class Scenario:
     uses_target_labels: bool
     #: trained once per label fraction (else once, at label fraction 0.0)
     uses_label_fraction: bool
-    #: scenario whose trained segmenter (same target and seed) this one starts from
-    init_from: str | None = None
+    #: scenario whose trained segmenter (same target and seed) labels the ``pseudo_target``
+    #: data (its weights are not reused: the student is trained from scratch)
+    teacher: str | None = None
 
 
 REGISTRY: dict[str, Scenario] = {
@@ -97,7 +98,9 @@ REGISTRY: dict[str, Scenario] = {
             ("target", "translated"),
             "target",
             "target val patients (target labels)",
-            "target train patients (their labels) + translated source ((1) + (3))",
+            "target train patients (their labels) + translated source: (3)'s segmenter "
+            "fine-tuned on (1)'s data (schedule pretrain_finetune, the default), or both in "
+            "every batch (mixed)",
             uses_target_labels=True,
             uses_label_fraction=True,
         ),
@@ -108,11 +111,11 @@ REGISTRY: dict[str, Scenario] = {
             ("pseudo_target", "translated"),
             "translated",
             "translated source val patients (source labels; no target labels used)",
-            "translated source + target train patients pseudo-labelled by (3) (no target "
-            "labels used)",
+            "translated source + target train patients pseudo-labelled by (3), confident "
+            "slices only, in every batch; retrained from scratch (no target labels used)",
             uses_target_labels=False,
             uses_label_fraction=False,
-            init_from="translated",
+            teacher="translated",
         ),
     )
 }
@@ -132,17 +135,17 @@ def check_registry(registry: dict[str, Scenario] = REGISTRY) -> None:
         assert s.validates_on in DATA_KEYS and s.validates_on != "pseudo_target", key
         uses_target = "target" in s.trains_on or s.validates_on == "target"
         assert uses_target == s.uses_target_labels == s.uses_label_fraction, key
-        if "pseudo_target" in s.trains_on or s.init_from is not None:
-            assert s.init_from in registry and order.index(s.init_from) < i, key
-            assert not registry[s.init_from].uses_label_fraction, key
+        if "pseudo_target" in s.trains_on or s.teacher is not None:
+            assert s.teacher in registry and order.index(s.teacher) < i, key
+            assert not registry[s.teacher].uses_label_fraction, key
 
 
 def dependencies(key: str, schedule: str) -> tuple[str, ...]:
     """Scenarios whose segmenter (same target and seed) ``key`` needs under ``schedule``:
-    its ``init_from``, and for "pretrain_finetune" (3) for every scenario with extra data."""
+    its ``teacher``, and for "pretrain_finetune" (3) for every scenario with extra data."""
     s = REGISTRY[key]
-    if s.init_from is not None:
-        return (s.init_from,)
+    if s.teacher is not None:
+        return (s.teacher,)
     if schedule == "pretrain_finetune" and len(s.trains_on) > 1 and "translated" in s.trains_on:
         return ("translated",)
     return ()
