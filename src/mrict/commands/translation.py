@@ -166,7 +166,10 @@ def eval_translation_command(
 
     console = Console()
     source = "final generators" if result["generators_from"] == "final" else "latest checkpoint"
-    console.print(f"run {result['run']}: {source}, iteration {result['iterations']}")
+    sel = result.get("selection") or {}
+    if sel.get("on") and sel.get("score") is not None:
+        source = f"generators selected on {sel['on']} at iteration {sel['iteration']}"
+    console.print(f"run {result['run']}: {source}, {result['iterations']} iterations trained")
     if "mr2ct" in result:
         for direction, keys in (
             ("mr2ct", ("mae_hu", "psnr", "ssim")),

@@ -171,6 +171,7 @@ def evaluate_translation(
         "image_size": size,
         "iterations": meta.get("iterations"),
         "generators_from": meta.get("source", "final"),
+        "selection": meta.get("selection"),
     }
     paired = find_paired_dir(data, paired_split) if data.is_dir() else None
     hist = meta.get("histograms") or {}
