@@ -86,3 +86,48 @@ def test_conclusion_wording_follows_p_value() -> None:
     row = next(r for r in summarise(_rows(0.1, 8)) if r["scenario"] == "target_only")
     assert row["seeds"] == 2 and row["patients"] == 8
     assert row["dice_ci_patients_lo"] < row["dice_mean"] < row["dice_ci_patients_hi"]
+
+
+def test_report_rebuilds_from_results_json_alone(tmp_path) -> None:
+    """`mrict report STUDY` rewrites report.html from results.json, reuses model figures,
+    and refuses a folder without (valid) results in one line."""
+    import json
+
+    from mrict.cli import run
+    from mrict.study.analysis import comparisons, summarise
+
+    rows = _rows(0.05, 8)
+    info = {
+        "data": "d",
+        "gan_run": "g",
+        "preset": "quick",
+        "timing_s": {},
+        "data_summary": {},
+        "split_seed": 0,
+        "seeds": [0, 1],
+        "label_fractions": [1.0],
+        "segmentation_config": {},
+        "gan_config": {"use_target_masks": False},
+        "empty_counts": {},
+        "platform": "test",
+    }
+    doc = {
+        "info": info,
+        "summary": summarise(rows),
+        "tests": comparisons(rows, [1.0]),
+        "per_patient": rows,
+    }
+    study = tmp_path / "study"
+    (study / "figures").mkdir(parents=True)
+    (study / "results.json").write_text(json.dumps(doc))
+    png = study / "figures" / "overlays.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert run(["report", str(study)]) == 0
+    html = (study / "report.html").read_text()
+    assert "Conclusion" in html and "(4) target" in html
+    assert (study / "figures" / "segmentation_metrics.png").stat().st_size > 1000
+    assert "overlays" in html and "source masks only" in html
+    assert html.count("(5) self-training") >= 1
+    assert run(["report", str(tmp_path / "nothing")]) == 2
+    (study / "results.json").write_text("{not json")
+    assert run(["report", str(study)]) == 2

@@ -124,6 +124,17 @@ def demo_command(
     typer.echo(f"report: {(study / 'report.html').resolve()}")
 
 
+def report_command(
+    study: Path = typer.Argument(..., help="A finished study folder (holding results.json)."),
+) -> None:
+    """Rebuild STUDY/report.html and the results figures from STUDY/results.json alone (no
+    training); figures drawn from the study's models are reused from STUDY/figures/."""
+    from mrict.report.rebuild import rebuild_report
+
+    typer.echo(f"report: {rebuild_report(study)}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("study")(study_command)
+    app.command("report")(report_command)
     app.command("demo")(demo_command)

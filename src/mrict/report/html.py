@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mrict.runtime.atomic import atomic_write_text
-from mrict.study.scenarios import SCENARIOS
+from mrict.study.scenarios import REGISTRY, SCENARIOS
 
 SCENARIO_NAMES = dict(SCENARIOS)  # the scenario registry's labels
 ALPHA = 0.05
@@ -361,6 +361,21 @@ def translation_tables(tr: Mapping[str, Any] | None) -> list[str]:
     return parts
 
 
+def _translator_labels(gan_config: Mapping[str, Any]) -> str:
+    """Which masks the study's CycleGAN learnt from (its tumour-aware terms)."""
+    if gan_config.get("use_target_masks") is False:
+        return (
+            "The CycleGAN's tumour-aware terms used each direction's source masks only: no "
+            "scenario without target labels saw one, not even through the translator."
+        )
+    if gan_config.get("use_target_masks"):
+        return (
+            "The CycleGAN's tumour-aware terms also used the target modality's train masks: "
+            "(3) and (5) use target train labels indirectly, through the translator."
+        )
+    return "The CycleGAN was trained without tumour-aware terms."
+
+
 def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     """The report page as a string."""
     info, summary, tests = doc["info"], doc["summary"], doc["tests"]
@@ -410,27 +425,14 @@ def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             ["scenario", "training data", "model selection"],
             [
                 [
-                    SCENARIO_NAMES["target_only"],
-                    "target train patients (their labels)",
-                    info["model_selection"]["target_only"],
-                ],
-                [
-                    SCENARIO_NAMES["source_only"],
-                    "source train patients (source labels)",
-                    info["model_selection"]["source_only"],
-                ],
-                [
-                    SCENARIO_NAMES["translated"],
-                    "source train patients translated to the target",
-                    info["model_selection"]["translated"],
-                ],
-                [
-                    SCENARIO_NAMES["target_translated"],
-                    "both of the above ((1) + (3))",
-                    info["model_selection"]["target_translated"],
-                ],
+                    _name(key),
+                    sc.data,
+                    (info.get("model_selection") or {}).get(key, sc.selection),
+                ]
+                for key, sc in REGISTRY.items()
             ],
         ),
+        f"<p class='note'>{_translator_labels(info.get('gan_config') or {})}</p>",
         f"<p>Seeds: {_e(info['seeds'])}; target label fractions: {_e(info['label_fractions'])} "
         "(the same labelled patients for every seed).</p>",
         _table(
