@@ -46,9 +46,9 @@ def load_paired_validation(
     quantiles: dict[str, list[float]],
     ct_map: str = DEFAULT_CT_MAP,
 ) -> PairedValidation | None:
-    """Read ``DATA/paired_val/{MR,CT,mask}`` at ``size`` (None when the folder is absent)
-    and score the histogram baseline (target quantiles ``quantiles``, in the same units as
-    the data: CT in ``ct_map``) on it once."""
+    """Read ``DATA/paired_val/{MR,CT,mask}`` at ``size`` (None when the folder is absent),
+    CT in the network map ``ct_map``, and score the histogram baseline on it once (train
+    quantiles ``quantiles`` in [-1, 1], CT in the default map, as in RUN/histograms.json)."""
     from mrict.translation.evaluate import load_paired
 
     root = Path(data_root) / PAIRED_VAL
@@ -75,7 +75,8 @@ def load_paired_validation(
         {},
         ct_map,
     )
-    hist_ct = histogram_baseline(mr, np.asarray(quantiles["CT"]))
+    ct_quantiles = remap_ct(np.asarray(quantiles["CT"]), DEFAULT_CT_MAP, ct_map)
+    hist_ct = histogram_baseline(mr, ct_quantiles)
     hist_mr = histogram_baseline(ct, np.asarray(quantiles["MR"]))
     val.baseline = _errors(val, hist_ct, hist_mr)
     return val

@@ -82,9 +82,11 @@ def _lr_factor(total: int, decay_fraction: float) -> Callable[[int], float]:
     return factor
 
 
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
+def _set_requires_grad(flag: bool, *modules: nn.Module | None) -> None:
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(flag)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -291,10 +293,11 @@ def _train(
     discs.to(device)
     # tumour-aware terms: only where some train slices carry a mask
     has_masks = bool(data.mr_labelled.any() or data.ct_labelled.any())
-    tumour_aware = has_masks and (cfg.lambda_seg > 0 or cfg.lambda_lesion > 0)
-    segs = CycleSegmenters(cfg.seg_channels).to(device) if tumour_aware else None
+    segs = (
+        CycleSegmenters(cfg.seg_channels).to(device) if has_masks and cfg.lambda_seg > 0 else None
+    )
     refs = {"mr": None, "ct": None}
-    if tumour_aware and cfg.use_target_masks and cfg.lambda_lesion > 0:
+    if has_masks and cfg.use_target_masks and cfg.lambda_lesion > 0:
         refs = {
             "mr": lesion_reference(data.mr, data.mr_masks, data.mr_labelled),
             "ct": lesion_reference(data.ct, data.ct_masks, data.ct_labelled),
@@ -323,11 +326,8 @@ def _train(
         "ct": ImagePool(cfg.pool_size, seed=cfg.seed * 7919 + 2 * rank + 1),
     }
     iteration = 0
-    val_quantiles = dict(quantiles)
-    if cfg.ct_map != DEFAULT_CT_MAP:
-        val_quantiles["CT"] = remap_ct(np.asarray(quantiles["CT"]), DEFAULT_CT_MAP, cfg.ct_map)
     val = (
-        load_paired_validation(data_root, cfg.image_size, val_quantiles, cfg.ct_map)
+        load_paired_validation(data_root, cfg.image_size, quantiles, cfg.ct_map)
         if cfg.select_every > 0
         else None
     )
@@ -465,13 +465,11 @@ def _train(
                 real_ct = real_ct.contiguous(memory_format=torch.channels_last)
 
             # generators
-            _set_requires_grad(discs_raw, False)
-            if segs_raw is not None:
-                _set_requires_grad(segs_raw, False)
+            _set_requires_grad(False, discs_raw, segs_raw)
             with ac():
                 out = gens(real_mr, real_ct, identity)
                 score_mr, score_ct = discs_raw(out["fake_mr"], out["fake_ct"])
-                if segs_raw is not None and cfg.lambda_seg > 0:
+                if segs_raw is not None:
                     seg_fake_mr, seg_fake_ct = segs_raw(out["fake_mr"], out["fake_ct"])
             with no_ac():
                 losses_t = {
@@ -494,7 +492,7 @@ def _train(
                     losses_t["feature_ct2mr"] = cfg.lambda_feature * feature(
                         real_ct, out["fake_mr"]
                     )
-                if segs_raw is not None and cfg.lambda_seg > 0:
+                if segs_raw is not None:
                     losses_t["seg_mr2ct"] = cfg.lambda_seg * masked_seg_loss(
                         seg_fake_ct, mask_mr, lab_mr
                     )
@@ -514,17 +512,13 @@ def _train(
                 iteration += 1
                 sched_g.step()
                 sched_d.step()
-                _set_requires_grad(discs_raw, True)
-                if segs_raw is not None:
-                    _set_requires_grad(segs_raw, True)
+                _set_requires_grad(True, discs_raw, segs_raw)
                 continue
             opt_g.zero_grad(set_to_none=True)
             scaler_g.scale(loss_g).backward()
             scaler_g.step(opt_g)
             scaler_g.update()
-            _set_requires_grad(discs_raw, True)
-            if segs_raw is not None:
-                _set_requires_grad(segs_raw, True)
+            _set_requires_grad(True, discs_raw, segs_raw)
 
             # discriminators, on real images and pooled fakes in one forward
             fake_mr = pools["mr"].query(out["fake_mr"].float())
@@ -604,8 +598,11 @@ def _train(
                 "train_patients": {"MR": data.mr_patients, "CT": data.ct_patients},
                 "histograms": quantiles,
                 "tumour_aware": {
-                    "segmentation_consistency": segs_raw is not None and cfg.lambda_seg > 0,
-                    "target_masks": bool(cfg.use_target_masks and segs_raw is not None),
+                    "segmentation_consistency": segs_raw is not None,
+                    "target_masks": bool(
+                        cfg.use_target_masks
+                        and (segs_raw is not None or any(v is not None for v in refs.values()))
+                    ),
                     "lesion_reference": {k: v.as_dict() if v else None for k, v in refs.items()},
                 },
             }
