@@ -45,7 +45,7 @@ import numpy as np
 
 from mrict.data.datasets import SliceSet, load_modality, normalise, read_item
 from mrict.data.geometry import from_network, to_network
-from mrict.data.intensity import HU_MAX, HU_MIN, unit_to_hu
+from mrict.data.intensity import HU_MAX, HU_MIN
 from mrict.data.layout import ImageItem, discover, modality_items
 from mrict.data.nifti_io import write_nifti
 from mrict.data.slice import ImageSlice
@@ -190,7 +190,7 @@ def _translator(
         out = []
         for s, f in zip(slices, fake, strict=True):
             back = from_network(f, s.shape)
-            out.append(unit_to_hu(back) if target == "CT" else unit_to_native(back, "MR", None))
+            out.append(unit_to_native(back, target, None))
         return out
 
     return translate

@@ -215,14 +215,15 @@ def evaluate_translation(
                 "same on normalised intensities."
             ),
         )
+        # MR -> CT outputs in HU, once for the whole-head and the lesion metrics
+        outputs["mr2ct"] = {m: [unit_to_hu(p) for p in v] for m, v in outputs["mr2ct"].items()}
         for direction in ("mr2ct", "ct2mr"):
             result[direction] = {}
             for method in METHODS:
                 preds = outputs[direction][method]
                 if direction == "mr2ct":
                     rows = [
-                        M.ct_metrics(unit_to_hu(p), t, k)
-                        for p, t, k in zip(preds, ct_hu, masks, strict=True)
+                        M.ct_metrics(p, t, k) for p, t, k in zip(preds, ct_hu, masks, strict=True)
                     ]
                 else:
                     rows = [
@@ -273,7 +274,8 @@ def _lesion(
     ct_hu: list[np.ndarray],
     tumour: list[np.ndarray] | None,
 ) -> dict[str, Any]:
-    """Lesion-level metrics per direction and method (regions from the GT CT and masks)."""
+    """Lesion-level metrics per direction and method (regions from the GT CT and masks);
+    ``outputs["mr2ct"]`` in HU, ``outputs["ct2mr"]`` in [-1, 1]."""
     masks: list[np.ndarray | None] = list(tumour) if tumour is not None else [None] * len(ct_hu)
     regions = [LM.lesion_regions(c, t) for c, t in zip(ct_hu, masks, strict=True)]
     out: dict[str, Any] = {
@@ -286,8 +288,7 @@ def _lesion(
         for method in METHODS:
             preds = outputs[direction][method]
             if direction == "mr2ct":
-                hu = [unit_to_hu(p) for p in preds]
-                out[direction][method] = LM.lesion_metrics(hu, ct_hu, regions, "CT")
+                out[direction][method] = LM.lesion_metrics(preds, ct_hu, regions, "CT")
             else:
                 out[direction][method] = LM.lesion_metrics(preds, mr, regions, "MR")
     return out
