@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "segmentation": "bench.segmentation_step",
     "data": "bench.data_io",
     "scaling": "bench.scaling",
+    "threads": "bench.threads",
     "quality": "bench.quality",
 }
 #: run only when asked for by name (they train models to convergence-relevant lengths)

@@ -131,12 +131,16 @@ def machine_info(device: str) -> dict[str, str]:
     """Machine, versions and date for the results file."""
     import numpy
 
+    from mrict.runtime.device import cpu_bf16_path, resolve_precision
+
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": cpu_name(),
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "cpu capability": str(torch.backends.cpu.get_cpu_capability()),
+        "cpu bf16 path": cpu_bf16_path(),
+        "precision auto on cpu": resolve_precision("cpu", "auto"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -61,3 +61,55 @@ def test_saved_config_resolves_to_the_same(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["channels"] == [8, 16]
     assert resolve_config(Demo, yaml_path=tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("stage", ["segmentation", "translation"])
+def test_every_declared_type_is_checked_and_saved_configs_resolve_to_the_same(tmp_path, stage):
+    """A field whose type the loader cannot check is a TypeError, so resolving every
+    preset and its saved YAML covers each field of SegConfig and GanConfig."""
+    if stage == "segmentation":
+        from mrict.segmentation.config import SEG_PRESETS as presets
+        from mrict.segmentation.config import SegConfig as cls
+    else:
+        from mrict.translation.config import GAN_PRESETS as presets
+        from mrict.translation.config import GanConfig as cls
+    for preset in presets:
+        cfg = resolve_config(cls, presets, preset)
+        save_config(cfg, tmp_path / f"{preset}.yaml")
+        assert resolve_config(cls, yaml_path=tmp_path / f"{preset}.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value"),
+    [
+        ("segmentation", "iterations", "lots"),
+        ("segmentation", "iterations", 2.5),
+        ("segmentation", "iterations", True),
+        ("segmentation", "augment", "maybe"),
+        ("segmentation", "norm", "group"),
+        ("segmentation", "precision", "fp8"),
+        ("segmentation", "channels", "a,b"),
+        ("segmentation", "ct_window", [1.0, 2.0, 3.0]),
+        ("segmentation", "ct_extra_windows", [[1.0]]),
+        ("segmentation", "lr", [0.1]),
+        ("segmentation", "dropout", None),
+        ("segmentation", "device", ["cpu"]),
+        ("translation", "precision", "fp8"),
+        ("translation", "feature_loss", "alexnet"),
+        ("translation", "compile", 2),
+        ("translation", "seed", 1.5),
+        ("translation", "seg_channels", 16),
+        ("translation", "feature_weights", {"path": "w"}),
+    ],
+)
+def test_a_wrongly_typed_yaml_key_is_one_line_naming_key_and_file(tmp_path, stage, key, value):
+    if stage == "segmentation":
+        from mrict.segmentation.config import SegConfig as cls
+    else:
+        from mrict.translation.config import GanConfig as cls
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(MrictError) as info:
+        resolve_config(cls, yaml_path=path)
+    text = str(info.value)
+    assert "\n" not in text and f"option {key!r}" in text and text.startswith(f"{path}: ")

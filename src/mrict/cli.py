@@ -63,9 +63,34 @@ def version_command() -> None:
     )
 
 
+#: commands that do no tensor work: no thread planning (it samples the CPU load for 0.3 s)
+LIGHT_COMMANDS = frozenset({"version", "inspect"})
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    threads: str = typer.Option(
+        None,
+        "--threads",
+        metavar="N|auto",
+        help="CPU threads for PyTorch (default: MRICT_THREADS, else OMP_NUM_THREADS, else "
+        "auto = the cores not kept busy by other processes at start, at least 1). Same seed "
+        "and same thread count give bit-identical results.",
+    ),
+) -> None:
     """Unpaired MRI <-> CT translation (CycleGAN) and tumour segmentation."""
+    if ctx.invoked_subcommand in LIGHT_COMMANDS:
+        return
+    from mrict.runtime.threads import apply_thread_plan, plan_threads
+
+    plan = apply_thread_plan(plan_threads(threads))
+    if plan.threads < plan.usable_cpus and plan.source == "auto":
+        print(
+            f"note: other processes keep {plan.busy_cpus:.1f} of {plan.usable_cpus} cores "
+            f"busy: using {plan.describe()}; set --threads or MRICT_THREADS to pin it",
+            file=sys.stderr,
+        )
 
 
 _register()

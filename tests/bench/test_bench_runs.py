@@ -57,6 +57,26 @@ def test_quality_tiny():
     assert len(r.rows) == 2 and all(math.isfinite(row["MR->CT MAE HU"]) for row in r.rows)
 
 
+def test_threads_benchmark_tiny():
+    """Solo and pair runs in their own processes; the pair's rate is the sum over the
+    window both ran, and auto records the threads each process chose."""
+    r = run_one("threads", TINY)
+    runs = [row["run"] for row in r.rows]
+    assert runs == ["alone, threads default", "alone, threads auto", "pair, default", "pair, auto"]
+    assert all(float(row["images/s"]) > 0 for row in r.rows)
+    assert r.rows[2]["threads"].count("+") == 1 and r.rows[3]["threads"].count("+") == 1
+    assert _positive(r.values["seg_pair_auto_ratio"]) and _positive(r.values["seg_solo_auto_ratio"])
+
+
+def test_pair_rate_counts_only_the_common_window():
+    from bench.threads import _rate
+
+    stamps = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert _rate(stamps, 8, 0.0, 5.0) == pytest.approx(8.0)  # 5 steps of 8 images in 5 s
+    assert _rate(stamps, 8, 2.0, 4.0) == pytest.approx(8.0)
+    assert _rate(stamps, 8, 4.5, 9.0) == 0.0  # one step only: no rate
+
+
 def test_suite_isolated_writes_results(tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# mrict benchmark results\n\nolder run\n")

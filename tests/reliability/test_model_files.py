@@ -121,6 +121,79 @@ def test_config_and_shape_mismatch_named_before_loading(tmp_path):
     assert torch.equal(small.weight, before)
 
 
+def _tiny_segmenter(run: Path) -> Path:
+    """A run folder with an (untrained) tiny U-Net saved as train_segmenter saves it."""
+    from mrict.config import config_to_dict
+    from mrict.segmentation.config import SegConfig
+    from mrict.segmentation.model import build_unet
+
+    cfg = SegConfig(image_size=16, channels=(4, 8), num_res_units=1, device="cpu")
+    meta = {"config": config_to_dict(cfg), "modality": "MR", "in_channels": 1}
+    save_checkpoint(run / "model", {"unet": build_unet(cfg).state_dict()}, meta)
+    return run
+
+
+#: marks a config key that _edit_config removes
+_DELETE = object()
+
+
+def _edit_config(run: Path, **changes: object) -> Path:
+    """Rewrite RUN/model.json's config with ``changes``; return its path."""
+    sidecar = run / "model.json"
+    doc = json.loads(sidecar.read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            del doc["meta"]["config"][key]
+        else:
+            doc["meta"]["config"][key] = value
+    sidecar.write_text(json.dumps(doc))
+    return sidecar
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("channels", [4, 16]),
+        ("channels", [4, 8, 16]),
+        ("num_res_units", 2),
+        ("norm", "batch"),
+    ],
+)
+def test_segmenter_whose_model_json_does_not_fit_its_weights_is_named(tmp_path, key, value):
+    from mrict.segmentation.predict import load_segmenter
+
+    run = _tiny_segmenter(tmp_path / "run")
+    assert load_segmenter(run).config.channels == (4, 8)
+    sidecar = _edit_config(run, **{key: value})
+    with pytest.raises(MrictError, match="do not fit the weights") as info:
+        load_segmenter(run)
+    text = str(info.value)
+    assert "\n" not in text and f"{key}={value!r}" in text and str(sidecar) in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("channels", _DELETE),
+        ("num_res_units", _DELETE),
+        ("dropout", _DELETE),
+        ("channels", "many"),
+        ("norm", "group"),
+        ("num_res_units", [1]),
+    ],
+)
+def test_segmenter_model_json_lacking_or_mistyping_a_setting_is_named(tmp_path, key, value):
+    from mrict.segmentation.predict import load_segmenter
+
+    sidecar = _edit_config(_tiny_segmenter(tmp_path / "run"), **{key: value})
+    with pytest.raises(MrictError) as info:
+        load_segmenter(sidecar.parent)
+    text = str(info.value)
+    assert "\n" not in text and key in text and str(sidecar) in text
+    if value is _DELETE:
+        assert "lacks the architecture setting" in text
+
+
 _ops = st.lists(
     st.one_of(
         st.tuples(st.just("flip"), st.integers(0, 4096), st.integers(0, 255)),

@@ -290,35 +290,19 @@ def test_cli_sigterm_names_the_exact_resume_command_that_works(make_dataset, tmp
     assert "finished run" in capsys.readouterr().err
 
 
-def test_interrupted_study_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
+def test_interrupted_study_continues_where_it_stopped(
+    tmp_path, monkeypatch, capsys, tiny_presets, tiny_phantom
+):
     """SIGINT inside the third segmenter of ``mrict study``: exit 130 with a checkpoint;
     running the same command again resumes that segmenter, keeps the finished ones and
     gives the same results as a study that was never interrupted."""
-    from mrict.phantom.simulate import simulate_dataset
-    from mrict.segmentation.config import SEG_PRESETS
-    from mrict.translation.config import GAN_PRESETS
-
     seg = {k: v for k, v in TINY.items() if k not in ("precision", "device")}
-    monkeypatch.setitem(SEG_PRESETS, "quick", {**seg, "val_every": 2, "checkpoint_every": 100})
-    monkeypatch.setitem(
-        GAN_PRESETS,
-        "quick",
-        {"image_size": 32, "ngf": 4, "n_blocks": 1, "ndf": 4, "batch_size": 2, "sample_count": 1},
-    )
-    data = simulate_dataset(
-        tmp_path / "data",
-        mri_patients=5,
-        ct_patients=5,
-        test_patients=2,
-        slices_per_patient=2,
-        size=32,
-        fmt="png",
-        progress=False,
-        workers=1,
-    )
+    # the preset's iterations are replaced by --seg-iterations/--gan-iterations below
+    tiny_presets(monkeypatch, seg={**seg, "val_every": 2, "checkpoint_every": 100})
+    data = tiny_phantom
     study = tmp_path / "study"
     argv = ["study", str(data), "--out", str(study), "--seeds", "1", "--label-fraction", "1.0"]
-    argv += ["--seg-iterations", "4", "--gan-iterations", "2"]
+    argv += ["--seg-iterations", "4", "--gan-iterations", "2", "--workers", "1"]
     real = trainer_module.train_segmenter
     calls: list[Path] = []
     first_study = [True]
@@ -330,9 +314,9 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, monkeypatch, cap
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "train_segmenter", third_is_interrupted)
-    import mrict.study.run as study_run
+    import mrict.study.jobs as study_jobs
 
-    monkeypatch.setattr(study_run, "train_segmenter", third_is_interrupted)
+    monkeypatch.setattr(study_jobs, "train_segmenter", third_is_interrupted)
     assert run(argv) == 130
     err = capsys.readouterr().err
     assert "stopped at step 2" in err and "the same mrict study command" in err
@@ -342,8 +326,9 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path, monkeypatch, cap
     calls.clear()
     first_study[0] = False
     assert run(argv) == 0, capsys.readouterr().err
-    # 5 scenarios x 2 targets; the finished two are kept
-    assert calls[0] == stopped and len(calls) == 10 - 2
+    # 5 scenarios x 2 targets, less the two source-only segmenters (copies of the other
+    # target's target-only run); the finished two are kept
+    assert calls[0] == stopped and len(calls) == 10 - 2 - 2
     assert all((p / "model.safetensors").read_bytes() == b for p, b in finished.items())
     assert not list((study / "runs").rglob("checkpoint.*"))  # no stale U-Net checkpoint
     ref = tmp_path / "ref"

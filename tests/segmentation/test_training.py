@@ -11,12 +11,9 @@ from mrict.cli import run
 from mrict.data.datasets import SliceSet
 from mrict.data.io import read_slices
 from mrict.runtime.checkpoint import load_checkpoint
-from mrict.segmentation.config import SegConfig
 from mrict.segmentation.metrics import evaluate_masks
 from mrict.segmentation.predict import load_segmenter, predict_masks, segment_path
 from mrict.segmentation.trainer import train_segmenter
-
-TINY = dict(image_size=32, channels=(8, 16, 32), num_res_units=1, batch_size=8, augment=False)
 
 
 def disks(n: int, size: int = 32, seed: int = 0, prefix: str = "P") -> SliceSet:
@@ -35,8 +32,8 @@ def disks(n: int, size: int = 32, seed: int = 0, prefix: str = "P") -> SliceSet:
     return SliceSet("MR", images, masks, np.ones(n, bool), ids)
 
 
-def test_training_learns_and_selects(tmp_path: Path) -> None:
-    cfg = SegConfig(**TINY, iterations=60, val_every=20, lr=1e-2)
+def test_training_learns_and_selects(tmp_path: Path, tiny_seg_config) -> None:
+    cfg = tiny_seg_config(iterations=60, val_every=20, lr=1e-2)
     train, val, test = disks(32, seed=1), disks(8, seed=2, prefix="V"), disks(8, seed=3, prefix="T")
     out = train_segmenter(train, val, tmp_path / "run", cfg, seed=0, progress=False)
     for name in ("model.json", "model.safetensors", "history.csv", "loss_curve.png", "config.yaml"):
@@ -58,8 +55,8 @@ def test_training_learns_and_selects(tmp_path: Path) -> None:
     assert predict_masks(out, big).shape == (8, 64, 64)
 
 
-def test_same_seed_same_weights(tmp_path: Path) -> None:
-    cfg = SegConfig(**{**TINY, "augment": True}, iterations=4, val_every=2)
+def test_same_seed_same_weights(tmp_path: Path, tiny_seg_config) -> None:
+    cfg = tiny_seg_config(augment=True, iterations=4, val_every=2)
     data = disks(8)
     runs = [
         train_segmenter(data, None, tmp_path / f"r{i}", cfg, seed=s, progress=False)
@@ -71,17 +68,19 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     assert not np.array_equal(w[0][key].numpy(), w[2][key].numpy())
 
 
-def test_unlabelled_only_is_refused(tmp_path: Path) -> None:
+def test_unlabelled_only_is_refused(tmp_path: Path, tiny_seg_config) -> None:
     data = disks(4)
     data.has_mask[:] = False
     with pytest.raises(Exception, match="no training slices"):
-        train_segmenter(data, None, tmp_path / "r", SegConfig(**TINY, iterations=2), progress=False)
+        train_segmenter(data, None, tmp_path / "r", tiny_seg_config(iterations=2), progress=False)
 
 
 @pytest.mark.parametrize("fmt", ["png", "dicom", "nifti"])
-def test_segment_writes_input_format(make_dataset, tmp_path: Path, fmt: str) -> None:
+def test_segment_writes_input_format(
+    make_dataset, tiny_seg_config, tmp_path: Path, fmt: str
+) -> None:
     root = make_dataset(fmt=fmt, patients=1, slices=2, size=32, modalities=("CT",))
-    cfg = SegConfig(**TINY, iterations=2, val_every=2)
+    cfg = tiny_seg_config(iterations=2, val_every=2)
     from mrict.data.datasets import load_modality
 
     data = load_modality(root, "CT", size=32, progress=False)

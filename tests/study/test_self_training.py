@@ -12,64 +12,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mrict.study.jobs as study_jobs
 import mrict.study.run as study_run
-from mrict.phantom.simulate import simulate_dataset
-from mrict.segmentation.config import SEG_PRESETS
 from mrict.study.scenarios import SELECTION
-from mrict.translation.config import GAN_PRESETS
 
 
-def test_self_training_end_to_end(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(
-        SEG_PRESETS,
-        "quick",
-        {
-            "image_size": 32,
-            "channels": (4, 8),
-            "num_res_units": 1,
-            "batch_size": 4,
+def test_self_training_end_to_end(
+    tmp_path: Path, monkeypatch, tiny_presets, tiny_phantom: Path
+) -> None:
+    tiny_presets(
+        monkeypatch,
+        seg={
             "iterations": 3,
-            "val_every": 1,
-            "patience": 0,
-            "augment": False,
             # a 3-step teacher is unsure everywhere: keep every slice (uncertain pixels
             # never outnumber the not-background ones) to exercise the whole path
             "pseudo_max_uncertain": 1.0,
         },
     )
-    monkeypatch.setitem(
-        GAN_PRESETS,
-        "quick",
-        {
-            "image_size": 32,
-            "ngf": 4,
-            "n_blocks": 1,
-            "ndf": 4,
-            "batch_size": 2,
-            "iterations": 2,
-            "checkpoint_every": 100,
-            "sample_count": 1,
-        },
-    )
-    data = simulate_dataset(
-        tmp_path / "data",
-        mri_patients=5,
-        ct_patients=5,
-        test_patients=2,
-        slices_per_patient=2,
-        size=32,
-        fmt="png",
-        progress=False,
-        workers=1,
-    )
+    data = tiny_phantom
     calls: dict[str, dict] = {}
-    real = study_run.train_segmenter
+    real = study_jobs.train_segmenter
 
     def spy(train, val, out, cfg, seed, **kw):
         calls[Path(out).parent.name] = {"train": train, "val": val, "cfg": cfg, **kw}
         return real(train, val, out, cfg, seed, **kw)
 
-    monkeypatch.setattr(study_run, "train_segmenter", spy)
+    monkeypatch.setattr(study_jobs, "train_segmenter", spy)
     study = study_run.run_study(
         data, tmp_path / "study", seeds=[0], label_fractions=[1.0], targets=["CT"], progress=False
     )

@@ -12,9 +12,6 @@ import numpy as np
 from PIL import Image
 
 from mrict.cli import run
-from mrict.phantom.simulate import simulate_dataset
-from mrict.segmentation.config import SEG_PRESETS
-from mrict.translation.config import GAN_PRESETS
 
 FIGURES = (
     "sample_translations",
@@ -25,46 +22,14 @@ FIGURES = (
 )
 
 
-def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch, tiny_presets, simulated) -> None:
     # tiny networks through the real CLI path (the quick presets are what `mrict demo` uses)
-    monkeypatch.setitem(
-        SEG_PRESETS,
-        "quick",
-        {
-            "image_size": 32,
-            "channels": (8, 16, 32),
-            "num_res_units": 1,
-            "batch_size": 4,
-            "iterations": 2,
-            "val_every": 1,
-            "patience": 0,
-        },
+    tiny_presets(
+        monkeypatch,
+        seg={"channels": (8, 16, 32), "augment": True},
+        gan={"ngf": 8, "ndf": 8},
     )
-    monkeypatch.setitem(
-        GAN_PRESETS,
-        "quick",
-        {
-            "image_size": 32,
-            "ngf": 8,
-            "n_blocks": 1,
-            "ndf": 8,
-            "batch_size": 2,
-            "iterations": 2,
-            "checkpoint_every": 100,
-            "sample_count": 1,
-        },
-    )
-    data = simulate_dataset(
-        tmp_path / "data",
-        mri_patients=5,
-        ct_patients=5,
-        test_patients=2,
-        slices_per_patient=2,
-        size=48,
-        fmt="png",
-        progress=False,
-        workers=1,
-    )
+    data = simulated(size=48)
     study = tmp_path / "study"
     argv = [
         "study",
@@ -78,6 +43,8 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
         "--seg-iterations",
         "2",
         "--gan-iterations",
+        "2",
+        "--workers",
         "2",
     ]
     assert run(argv) == 0
@@ -93,6 +60,13 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
         for s in ("target_only", "source_only", "translated", "target_translated", "self_training")
     }
     doc = json.loads((study / "results.json").read_text())
+    assert doc["info"]["segmentation_processes"]["workers"] == 2
+    runs = doc["info"]["runs"]  # (2) for one target is (1) at 100% labels for the other
+    assert runs["MR/source_only/seed0"]["same_segmenter_as"] == "CT/target_only_f1/seed0"
+    assert runs["CT/source_only/seed0"]["same_segmenter_as"] == "MR/target_only_f1/seed0"
+    assert (study / "runs/MR/source_only/seed0/model.safetensors").read_bytes() == (
+        study / "runs/CT/target_only_f1/seed0/model.safetensors"
+    ).read_bytes()
     splits = doc["info"]["splits"]
     for m in ("CT", "MR"):  # the test patients are exactly those scored
         scored = {r["patient"] for r in doc["per_patient"] if r["target"] == m}

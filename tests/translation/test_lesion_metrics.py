@@ -194,9 +194,6 @@ def test_dice_summary_by_hand() -> None:
     assert per_slice["dice"] == pytest.approx(0.5) and per_slice["patients_both_empty"] == 1
 
 
-TINY_SEG = dict(image_size=32, channels=(8, 16, 32), num_res_units=1, batch_size=8, augment=False)
-
-
 def _disks(modality: str, n: int = 8, seed: int = 0) -> SliceSet:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:32, :32]
@@ -210,13 +207,12 @@ def _disks(modality: str, n: int = 8, seed: int = 0) -> SliceSet:
 
 
 @pytest.fixture(scope="module")
-def segmenters(tmp_path_factory) -> dict[str, Path]:
+def segmenters(tmp_path_factory, tiny_seg_config) -> dict[str, Path]:
     """Two tiny U-Nets (2 steps): one on 'CT', one on 'MR' slices."""
-    from mrict.segmentation.config import SegConfig
     from mrict.segmentation.trainer import train_segmenter
 
     root = tmp_path_factory.mktemp("seg")
-    cfg = SegConfig(**TINY_SEG, iterations=2, val_every=2)
+    cfg = tiny_seg_config(iterations=2, val_every=2)
     return {
         m: train_segmenter(_disks(m), None, root / m, cfg, seed=0, progress=False)
         for m in ("CT", "MR")

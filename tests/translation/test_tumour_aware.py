@@ -2,6 +2,7 @@
 paired validation set."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,26 +122,16 @@ def test_segmentation_consistency_loss_differs_with_the_image_and_reaches_the_in
     assert float(a.grad[1].abs().sum()) == 0.0
 
 
-def _tiny_data(tmp_path, **kw):
-    from mrict.phantom.simulate import simulate_dataset
-
-    args = dict(
-        mri_patients=4,
-        ct_patients=4,
-        test_patients=2,
-        val_patients=2,
-        slices_per_patient=3,
-        size=32,
-        fmt="png",
-        progress=False,
-        workers=1,
+@pytest.fixture
+def data(simulated):
+    """4 + 4 unpaired patients, 2 paired validation and 2 paired test patients, 3 slices
+    each, 32 px PNG (shared by the session: read-only)."""
+    return simulated(
+        mri_patients=4, ct_patients=4, test_patients=2, val_patients=2, slices_per_patient=3
     )
-    args.update(kw)
-    return simulate_dataset(tmp_path / "data", **args)
 
 
-def test_simulator_writes_a_paired_validation_set_disjoint_from_test(tmp_path):
-    data = _tiny_data(tmp_path)
+def test_simulator_writes_a_paired_validation_set_disjoint_from_test(data):
     for split in ("paired_val", "paired_test"):
         for sub in ("MR", "CT", "mask"):
             assert any((data / split / sub).iterdir()), (split, sub)
@@ -185,8 +176,7 @@ def _losses(run):
     return {k: [float(r[k]) for r in rows] for k in rows[0]}
 
 
-def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path):
-    data = _tiny_data(tmp_path)
+def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path, data):
     run = _train(tmp_path, data, "run", select_every=2)
     losses = _losses(run)
     for key in ("seg_mr2ct", "seg_ct2mr", "S_mr", "S_ct"):
@@ -199,10 +189,10 @@ def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path):
     assert (run / "selection.csv").is_file()
 
 
-def test_training_without_masks_switches_the_terms_off(tmp_path):
+def test_training_without_masks_switches_the_terms_off(tmp_path, data):
     import shutil
 
-    data = _tiny_data(tmp_path)
+    data = Path(shutil.copytree(data, tmp_path / "data"))  # the shared set is read-only
     for m in ("MR", "CT"):
         shutil.rmtree(data / m / f"mask_{m}")
     run = _train(tmp_path, data, "run")
@@ -212,19 +202,17 @@ def test_training_without_masks_switches_the_terms_off(tmp_path):
     assert all(np.isfinite(losses["G_total"]))
 
 
-def test_source_masks_only_turns_the_lesion_term_off(tmp_path):
-    data = _tiny_data(tmp_path)
+def test_source_masks_only_turns_the_lesion_term_off(tmp_path, data):
     run = _train(tmp_path, data, "run", use_target_masks=False, lambda_lesion=1.0)
     losses = _losses(run)
     assert all(v == 0.0 for v in losses["lesion_mr2ct"] + losses["lesion_ct2mr"])
     assert any(v > 0 for v in losses["seg_mr2ct"])
 
 
-def test_linear_ct_map_run_translates_in_default_units(tmp_path):
+def test_linear_ct_map_run_translates_in_default_units(tmp_path, data):
     """A run trained with the linear map is seen through the default map by every caller."""
     from mrict.translation.translate import CtMapAdapter, load_generators
 
-    data = _tiny_data(tmp_path)
     run = _train(tmp_path, data, "run", ct_map="linear", lambda_seg=0.0, lambda_lesion=0.0)
     gens = load_generators(run)
     assert isinstance(gens["mr2ct"], CtMapAdapter) and gens["mr2ct"].image_size == 32

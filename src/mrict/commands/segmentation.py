@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from mrict.commands import EVALUATION_SEED_HELP, INFERENCE_SEED_HELP
 from mrict.errors import MrictError
 
 
@@ -127,7 +128,7 @@ def segment_command(
     run: Path = typer.Argument(..., help="Segmentation run folder (from train-seg)."),
     input: Path = typer.Argument(..., help="Image file, DICOM series or folder of images."),
     output: Path = typer.Argument(..., help="Output folder for the masks."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (inference is deterministic)."),
+    seed: int = typer.Option(0, "--seed", help=INFERENCE_SEED_HELP),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -163,7 +164,7 @@ def evaluate_command(
     split: str = typer.Option("test", "--split", help="test, val, train or all."),
     modality: str | None = typer.Option(None, "--modality", help="Default: the run's."),
     json_out: Path | None = typer.Option(None, "--json", help="Write all metrics here."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (evaluation is deterministic)."),
+    seed: int = typer.Option(0, "--seed", help=EVALUATION_SEED_HELP),
 ) -> None:
     """Dice, IoU and HD95 per slice and per patient (empty-mask policy printed)."""
     from mrict.runtime.atomic import atomic_write_text

@@ -36,6 +36,13 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
+WORKERS_HELP = (
+    "Processes training segmenters side by side, each with an equal share of the CPU "
+    "threads: a number, or auto (2 on a CPU with 2+ threads, 1 on a GPU). Results depend on "
+    "the threads each process gets: give the same --workers (and --threads) to reproduce."
+)
+
+
 def study_command(
     data: Path = typer.Argument(..., help="Data set folder (MR/ and CT/ with masks)."),
     out: Path = typer.Option(..., "--out", help="Study folder (results, figures, report)."),
@@ -67,6 +74,7 @@ def study_command(
         help="YAML file of segmentation options (SegConfig: ct_window, schedule, "
         "real_fraction, patience, ...) applied over the preset.",
     ),
+    workers: str = typer.Option("auto", "--workers", metavar="N|auto", help=WORKERS_HELP),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -95,6 +103,7 @@ def study_command(
         },
         seg_config=seg_config,
         overwrite=overwrite,
+        workers=workers,
     )
     typer.echo(f"study finished in {time.time() - t0:.0f} s; report: {study / 'report.html'}")
 
@@ -102,6 +111,7 @@ def study_command(
 def demo_command(
     out: Path = typer.Option(Path("mrict-demo"), "--out", help="Demo folder."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    workers: str = typer.Option("auto", "--workers", metavar="N|auto", help=WORKERS_HELP),
 ) -> None:
     """Simulate the built-in data set, run the quick study, print where the report is."""
     from mrict.phantom.simulate import simulate_dataset
@@ -119,6 +129,7 @@ def demo_command(
         seeds=range(seed, seed + DEMO_SEEDS),
         label_fractions=DEMO_FRACTIONS,
         seed=seed,
+        workers=workers,
     )
     typer.echo(f"demo finished in {time.time() - t0:.0f} s")
     typer.echo(f"report: {(study / 'report.html').resolve()}")

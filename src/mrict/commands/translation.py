@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mrict.commands import EVALUATION_SEED_HELP, INFERENCE_SEED_HELP
 from mrict.errors import MrictError
 
 
@@ -74,9 +75,7 @@ def translate_command(
     direction: str = typer.Option(..., "--direction", help="mr2ct or ct2mr."),
     batch_size: int = typer.Option(8, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
-    seed: int = typer.Option(
-        0, "--seed", help="Unused by inference (deterministic); kept for symmetry."
-    ),
+    seed: int = typer.Option(0, "--seed", help=INFERENCE_SEED_HELP),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -119,7 +118,7 @@ def eval_translation_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
-    seed: int = typer.Option(0, "--seed", help="Unused (evaluation is deterministic)."),
+    seed: int = typer.Option(0, "--seed", help=EVALUATION_SEED_HELP),
     paired_split: str = typer.Option(
         "test", "--paired-split", help="Paired folder DATA/paired_<split>: test or val."
     ),

@@ -98,16 +98,6 @@ def unit_to_01(x: ArrayT) -> ArrayT:
     return _clip((x + 1.0) * 0.5, 0.0, 1.0)
 
 
-def uint8_to_unit(x: np.ndarray) -> np.ndarray:
-    """8-bit values [0, 255] -> [-1, 1]."""
-    return (x.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-
-
-def unit_to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> uint8 [0, 255] (rounded)."""
-    return np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
 def normalise_mri(
     img: np.ndarray,
     pct: tuple[float, float] = (0.5, 99.5),
@@ -128,8 +118,3 @@ def normalise_mri(
         return np.full(img.shape, -1.0, dtype=np.float32), (lo, lo + 1.0)
     out = (img.astype(np.float32) - lo) * (2.0 / (hi - lo)) - 1.0
     return np.clip(out, -1.0, 1.0).astype(np.float32), (lo, hi)
-
-
-def denormalise_mri(x: ArrayT, lo: float, hi: float) -> ArrayT:
-    """Inverse of :func:`normalise_mri` for values inside [-1, 1]."""
-    return (_clip(x, -1.0, 1.0) + 1.0) * ((hi - lo) / 2.0) + lo

@@ -1,31 +1,26 @@
-"""The study report: one self-contained HTML page (figures embedded as base64 PNG)."""
+"""The study report: one self-contained HTML page (figures embedded as base64 PNG).
+
+The page layout is the jinja2 template ``templates/report.html.j2`` (package data); the
+helpers here build its tables and sentences as already-escaped HTML."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from mrict.runtime.atomic import atomic_write_text
 from mrict.study.scenarios import REGISTRY, SCENARIOS
 
 SCENARIO_NAMES = dict(SCENARIOS)  # the scenario registry's labels
 ALPHA = 0.05
-
-CSS = """
-body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
-th{background:#f2f2f2}td.l,th.l{text-align:left}
-img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
-.note{color:#555;font-size:.9em}.concl{background:#f6f8fa;border-left:4px solid #4a7;padding:.6em 1em}
-code{background:#f2f2f2;padding:0 .2em}
-"""
 
 
 def _e(x: Any) -> str:
@@ -60,9 +55,8 @@ def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+def _png_base64(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def _scenario(row: Mapping[str, Any]) -> str:
@@ -112,11 +106,12 @@ def conclusion(doc: Mapping[str, Any]) -> list[str]:
         base = _mean(summary, target, "target_only", fmax)
         src = _mean(summary, target, "source_only", 0.0)
         tr = _mean(summary, target, "translated", 0.0)
-        parts = [f"<b>Target {target}.</b>"]
+        name = _e(target)  # the sentences are HTML
+        parts = [f"<b>Target {name}.</b>"]
         if base is not None and src is not None:
             parts.append(
-                f"Trained on {target} ({fmax:.0%} of labels), the segmenter reaches a mean Dice of "
-                f"{_f(base)}; trained on {source} only it reaches {_f(src)} on the same {target} "
+                f"Trained on {name} ({fmax:.0%} of labels), the segmenter reaches a mean Dice of "
+                f"{_f(base)}; trained on {source} only it reaches {_f(src)} on the same {name} "
                 f"test patients (domain-shift gap {_f(base - src)})."
             )
         for t in tests:
@@ -124,13 +119,13 @@ def conclusion(doc: Mapping[str, Any]) -> list[str]:
                 continue
             if t["a"] == "translated" and tr is not None and src is not None:
                 parts.append(
-                    f"Training on {source} images translated to {target} (no {target} labels) gives "
+                    f"Training on {source} images translated to {name} (no {name} labels) gives "
                     f"{_f(tr)} vs {_f(src)} for untranslated {source}: {_verdict(t)}."
                 )
             elif t["a"] == "self_training" and t["b"] == "translated":
                 a = _mean(summary, target, "self_training", 0.0)
                 parts.append(
-                    f"Self-training on pseudo-labelled {target} slices (no {target} labels) gives "
+                    f"Self-training on pseudo-labelled {name} slices (no {name} labels) gives "
                     f"{_f(a)} vs {_f(tr)} for translated {source} alone: {_verdict(t)}."
                 )
             elif t["a"] == "target_translated":
@@ -138,7 +133,7 @@ def conclusion(doc: Mapping[str, Any]) -> list[str]:
                 a = _mean(summary, target, "target_translated", f)
                 b = _mean(summary, target, "target_only", f)
                 parts.append(
-                    f"With {f:.0%} of the {target} labels, adding translated {source} gives "
+                    f"With {f:.0%} of the {name} labels, adding translated {source} gives "
                     f"{_f(a)} vs {_f(b)} without: {_verdict(t)}."
                 )
         out.append(" ".join(parts))
@@ -228,7 +223,6 @@ def results_table(summary: list[Mapping[str, Any]], info: Mapping[str, Any]) -> 
     size = (info.get("segmentation_config") or {}).get("image_size", "?")
     return "\n".join(
         [
-            "<h2>Results on the target test patients</h2>",
             _table(header, rows, left=2),
             "<p class='note'>Dice/IoU per patient pool all of the patient's test slices. "
             f"{ci_note} Val Dice: the best validation Dice of each seed's segmenter (the "
@@ -271,7 +265,6 @@ def statistics_table(tests: list[Mapping[str, Any]]) -> str:
     n_tests = max((t.get("n_tests") or 0 for t in tests), default=0) or len(tests)
     return "\n".join(
         [
-            "<h2>Statistics</h2>",
             _table(
                 [
                     "target",
@@ -327,7 +320,7 @@ def translation_tables(tr: Mapping[str, Any] | None) -> list[str]:
             methods = tr[direction]
             keys = sorted({k for v in methods.values() for k in v})
             parts.append(
-                f"<p><b>{title}</b> on {tr.get('n_slices', '?')} paired{_e(split)} slices: "
+                f"<p><b>{title}</b> on {_e(tr.get('n_slices', '?'))} paired{_e(split)} slices: "
                 "whole head</p>"
             )
             parts.append(
@@ -361,102 +354,64 @@ def translation_tables(tr: Mapping[str, Any] | None) -> list[str]:
     return parts
 
 
-def _translator_labels(gan_config: Mapping[str, Any]) -> str:
-    """Which masks the study's CycleGAN learnt from (its tumour-aware terms)."""
-    if gan_config.get("use_target_masks") is False:
-        return (
-            "The CycleGAN's tumour-aware terms used each direction's source masks only: no "
-            "scenario without target labels saw one, not even through the translator."
-        )
-    if gan_config.get("use_target_masks"):
-        return (
-            "The CycleGAN's tumour-aware terms also used the target modality's train masks: "
-            "(3) and (5) use target train labels indirectly, through the translator."
-        )
-    return "The CycleGAN was trained without tumour-aware terms."
+TEMPLATE = "report.html.j2"
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The report's jinja2 environment: templates from the package data, autoescaping on."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("mrict.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["num"] = _f
+    env.filters["png_base64"] = _png_base64
+    env.globals["table"] = _html_table
+    return env
+
+
+def _html_table(header: list[str], rows: Iterable[Iterable[Any]], left: int = 1) -> Markup:
+    """``_table`` for the template: its cells are escaped there, so the result is Markup."""
+    return Markup(_table(header, [list(r) for r in rows], left))
+
+
+def _data_rows(info: Mapping[str, Any]) -> list[list[Any]]:
+    return [
+        [m, split, v["patients"], v["slices"], v["labelled_slices"], v["tumour_slices"]]
+        for m, splits in info["data_summary"].items()
+        for split, v in splits.items()
+    ]
+
+
+def _scenario_rows(info: Mapping[str, Any]) -> list[list[Any]]:
+    selection = info.get("model_selection") or {}
+    return [[_name(key), sc.data, selection.get(key, sc.selection)] for key, sc in REGISTRY.items()]
 
 
 def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
-    """The report page as a string."""
-    info, summary, tests = doc["info"], doc["summary"], doc["tests"]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>mrict study report</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>mrict study: does CycleGAN-translated data help tumour segmentation?</h1>",
-        f"<p class='note'>Data: <code>{_e(info['data'])}</code> &middot; CycleGAN run: "
-        f"<code>{_e(info['gan_run'])}</code> &middot; preset <b>{_e(info['preset'])}</b> "
-        f"&middot; total time {_f(info['timing_s'].get('total'), 0)} s (CycleGAN "
-        f"{_f(info['timing_s'].get('gan'), 0)} s, segmenters {_f(info['timing_s'].get('segmentation'), 0)} s)</p>",
-        "<h2>Conclusion</h2><div class='concl'>",
-        "".join(f"<p>{s}</p>" for s in conclusion(doc)),
-        "</div>",
-    ]
-    parts.append(results_table(summary, info))
-    if "segmentation_metrics" in figures:
-        parts.append(_img(figures["segmentation_metrics"], "segmentation metrics"))
-    parts.append(statistics_table(tests))
-    if "overlays" in figures:
-        parts += ["<h2>Predictions on test slices</h2>", _img(figures["overlays"], "overlays")]
-    # translation
-    parts.append("<h2>Translation</h2>")
-    if "sample_translations" in figures:
-        parts.append(_img(figures["sample_translations"], "sample translations"))
-    parts += translation_tables(doc.get("translation"))
-    # data and configuration
-    ds = info["data_summary"]
-    data_rows = [
-        [m, split, v["patients"], v["slices"], v["labelled_slices"], v["tumour_slices"]]
-        for m, splits in ds.items()
-        for split, v in splits.items()
-    ]
-    parts += [
-        "<h2>Data</h2>",
-        _table(
-            ["modality", "split", "patients", "slices", "labelled", "with tumour"],
-            data_rows,
-            left=2,
-        ),
-        f"<p class='note'>Patient-level split (fractions 0.7/0.15/0.15, split seed "
-        f"{info['split_seed']}), the same split the CycleGAN was trained on: no test patient was "
-        "seen by the CycleGAN or any segmenter.</p>",
-        "<h2>Configuration</h2>",
-        _table(
-            ["scenario", "training data", "model selection"],
-            [
-                [
-                    _name(key),
-                    sc.data,
-                    (info.get("model_selection") or {}).get(key, sc.selection),
-                ]
-                for key, sc in REGISTRY.items()
-            ],
-        ),
-        f"<p class='note'>{_translator_labels(info.get('gan_config') or {})}</p>",
-        f"<p>Seeds: {_e(info['seeds'])}; target label fractions: {_e(info['label_fractions'])} "
-        "(the same labelled patients for every seed).</p>",
-        _table(
-            ["segmentation option", "value"],
-            [[k, v] for k, v in info["segmentation_config"].items()],
-        ),
-        _table(
-            ["CycleGAN option", "value"],
-            [[k, v] for k, v in (info.get("gan_config") or {}).items()],
-        ),
-    ]
-    if "loss_curves" in figures:
-        parts += ["<h2>Training curves</h2>", _img(figures["loss_curves"], "loss curves")]
-    if "validation_curves" in figures:
-        parts.append(_img(figures["validation_curves"], "validation curves"))
-    n_both = sum(c["both_empty"] for c in info["empty_counts"].values())
-    n_sl = sum(c["n_slices"] for c in info["empty_counts"].values())
-    parts.append(
-        f"<p class='note'>Across all {len(info['empty_counts'])} evaluated segmenters, "
-        f"{n_both} of {n_sl} test-slice evaluations had an empty ground truth and an empty "
-        f"prediction (excluded from slice means). Platform: {_e(info['platform'])}.</p>"
+    """The report page as a string. Values from ``doc`` are escaped by the template; the
+    helpers' HTML (tables, conclusion and translation parts) is escaped by the helpers."""
+    info = doc["info"]
+    return (
+        environment()
+        .get_template(TEMPLATE)
+        .render(
+            info=info,
+            timing=info["timing_s"],
+            gan_config=info.get("gan_config") or {},
+            empty_counts=info["empty_counts"],
+            figures=figures,
+            conclusion=[Markup(s) for s in conclusion(doc)],
+            results=Markup(results_table(doc["summary"], info)),
+            statistics=Markup(statistics_table(doc["tests"])),
+            translation=[Markup(p) for p in translation_tables(doc.get("translation"))],
+            data_rows=_data_rows(info),
+            scenario_rows=_scenario_rows(info),
+        )
     )
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def write_report(path: Path, doc: Mapping[str, Any], figures: Mapping[str, Path]) -> Path:

@@ -35,7 +35,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+        if exc.errno in (
+            errno.ENOSPC,
+            errno.EACCES,
+            errno.EROFS,
+            errno.EDQUOT,
+            errno.EISDIR,
+            errno.ENOTDIR,
+        ):
             raise MrictError(f"cannot write file: {exc.strerror}", target) from exc
         raise
     except BaseException:

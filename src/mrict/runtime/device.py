@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 
 from mrict.errors import MrictError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: the precision choices of every config and command (``auto``: :func:`resolve_precision`)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -64,6 +67,22 @@ def bf16_supported(device: torch.device | str) -> bool:
             return capability == "AMX"
         return "avx512_bf16" in flags or "amx_bf16" in flags
     return False
+
+
+def cpu_bf16_path() -> str:
+    """Which native bf16 instructions this CPU has: ``"AMX"`` (AMX-BF16 tiles, Intel
+    Sapphire Rapids and later), ``"AVX-512 BF16"`` (e.g. AMD Zen 4, Intel Cooper Lake) or
+    ``"none"`` (bf16 emulated, slower than fp32)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read()
+    except OSError:
+        flags = ""
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    return "none"
 
 
 def resolve_precision(device: torch.device | str, precision: str = "auto") -> str:

@@ -81,24 +81,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable Python object from ``src`` to every rank (identity when single)."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean of ``value`` over ranks (identity when single)."""
-    if not is_dist():
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
-
-
 def shard_indices(
     order: torch.Tensor | list[int], info_rank: int | None = None, world: int | None = None
 ) -> list[int]:

@@ -10,8 +10,13 @@ from torch import nn
 from mrict.errors import MrictError
 from mrict.segmentation.config import SegConfig
 
-#: config fields that define the architecture (checked when a checkpoint is loaded)
+#: config fields that define the architecture: every one must be in a trained model's
+#: model.json (:func:`mrict.segmentation.predict.load_segmenter`), and an ``--init`` model
+#: must match them all (fine-tuning)
 ARCH_KEYS = ("image_size", "channels", "num_res_units", "norm", "dropout")
+#: those of them that set the weights' names and shapes (with the input channels):
+#: load_segmenter names them when model.json and the weights disagree
+WEIGHT_KEYS = ("channels", "num_res_units", "norm")
 
 
 def build_unet(config: SegConfig, in_channels: int = 1) -> nn.Module:

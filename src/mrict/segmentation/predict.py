@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrict.config import coerce_options
 from mrict.data.datasets import normalise
 from mrict.data.geometry import from_network, resize_batch, to_network
 from mrict.data.io import ImageSlice, is_image_file, read_slices, write_like
@@ -20,7 +21,7 @@ from mrict.runtime.checkpoint import load_checkpoint, load_module_state
 from mrict.runtime.device import pick_device, resolve_precision
 from mrict.segmentation.config import SegConfig
 from mrict.segmentation.inputs import input_channels, prepare_inputs
-from mrict.segmentation.model import build_unet
+from mrict.segmentation.model import ARCH_KEYS, WEIGHT_KEYS, build_unet
 from mrict.segmentation.trainer import MODEL, predict_logits
 
 
@@ -38,24 +39,32 @@ class Segmenter:
 
 
 def load_segmenter(run_dir: str | Path, device: str | None = None) -> Segmenter:
-    """Load ``RUN/model.{safetensors,json}`` written by :func:`train_segmenter`."""
+    """Load ``RUN/model.{safetensors,json}`` written by :func:`train_segmenter`.
+
+    The config in model.json is checked against SegConfig's declared types and must hold
+    every architecture setting (:data:`~mrict.segmentation.model.ARCH_KEYS`), which must
+    fit the weights; anything else is a one-line :class:`MrictError` naming the setting
+    and model.json."""
     run_dir = Path(run_dir)
+    sidecar = run_dir / f"{MODEL}.json"
     if not run_dir.is_dir():
         raise MrictError("segmentation run folder not found", run_dir)
-    if not (run_dir / f"{MODEL}.json").is_file():
+    if not sidecar.is_file():
         raise MrictError("no trained segmenter in this folder (model.json)", run_dir)
     state, meta = load_checkpoint(run_dir / MODEL)
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        raise MrictError("no segmenter config in this model file", sidecar)
+    missing = [k for k in ARCH_KEYS if k not in saved]
+    if missing:
+        raise MrictError(f"config lacks the architecture setting(s) {', '.join(missing)}", sidecar)
     known = {f.name for f in fields(SegConfig)}
-    raw = {k: v for k, v in meta.get("config", {}).items() if k in known}
-    if "channels" in raw:
-        raw["channels"] = tuple(raw["channels"])
+    raw = {k: v for k, v in saved.items() if k in known}
     # models written before input windows existed saw CT in the network representation
-    window = raw.get("ct_window")
-    raw["ct_window"] = tuple(float(v) for v in window) if window is not None else None
-    raw["ct_extra_windows"] = tuple(
-        (float(lo), float(hi)) for lo, hi in raw.get("ct_extra_windows") or ()
-    )
-    config = SegConfig(**raw)
+    raw.setdefault("ct_window", None)
+    if raw.get("ct_extra_windows") is None:
+        raw["ct_extra_windows"] = ()
+    config = SegConfig(**coerce_options(SegConfig, raw, sidecar))
     if device is not None:
         config.device = device
     modality = str(meta.get("modality", "MR"))
@@ -64,12 +73,23 @@ def load_segmenter(run_dir: str | Path, device: str | None = None) -> Segmenter:
         raise MrictError(
             f"model.json: {in_channels} input channel(s) but the recorded CT windows give "
             f"{input_channels(config, modality)}",
-            run_dir / f"{MODEL}.json",
+            sidecar,
         )
-    model = build_unet(config, in_channels)
+    try:
+        model = build_unet(config, in_channels)
+    except MrictError as exc:
+        raise MrictError(exc.message, sidecar) from exc
     if "unet" not in state:
         raise MrictError("checkpoint holds no U-Net weights", run_dir / f"{MODEL}.safetensors")
-    load_module_state(model, state["unet"], "unet")
+    try:
+        load_module_state(model, state["unet"], "unet")
+    except MrictError as exc:
+        arch = ", ".join(f"{k}={saved[k]!r}" for k in WEIGHT_KEYS)
+        raise MrictError(
+            f"architecture settings {arch}, in_channels={in_channels} do not fit the weights "
+            f"in {MODEL}.safetensors ({exc.message})",
+            sidecar,
+        ) from exc
     model.to(pick_device(config.device)).eval()
     return Segmenter(model, config, meta)
 

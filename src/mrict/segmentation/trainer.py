@@ -305,6 +305,8 @@ def check_run_folder(out: str | Path, resume: bool) -> bool:
     checkpoint starts again from the beginning and returns False).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MrictError("output exists and is not a folder", out)
     if (out / f"{MODEL}.json").exists():
         raise MrictError(
             "run folder already holds a model (finished run); choose another --out", out
@@ -643,6 +645,7 @@ def train_segmenter(
         "target_passes": stream.passes,
         "val_patients": len(val_set.patients()) if val_set is not None else 0,
         "skipped_steps": guard.skipped,
+        "cpu_threads": torch.get_num_threads(),
     }
     _write_history(history, out / "history.csv")
     plot_history(history, out / "loss_curve.png", title)

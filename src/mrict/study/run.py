@@ -33,24 +33,14 @@ from mrict.data.splits import check_disjoint, split_patients
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_write_text
 from mrict.runtime.outputs import check_not_input, check_writable
+from mrict.runtime.threads import current_plan
 from mrict.segmentation.config import SEG_PRESETS, SegConfig
-from mrict.segmentation.metrics import POLICY, evaluate_masks
-from mrict.segmentation.predict import load_segmenter, predict_masks, predict_probabilities
-from mrict.segmentation.trainer import train_segmenter
+from mrict.segmentation.metrics import POLICY
 from mrict.study.analysis import DEFAULT_FRACTIONS, comparisons, preset_seeds, summarise
-from mrict.study.scenarios import (
-    REGISTRY,
-    SCENARIOS,
-    SELECTION,
-    Scenario,
-    dependencies,
-    label_subset,
-    pseudo_labelled_set,
-    study_jobs,
-)
+from mrict.study.jobs import OTHER, Job, StudyData, run_jobs, worker_plan
+from mrict.study.scenarios import REGISTRY, SCENARIOS, SELECTION, study_jobs
 
 MODALITIES = ("CT", "MR")
-OTHER = {"CT": "MR", "MR": "CT"}
 #: scenarios that use target labels (and so depend on the label fraction)
 USES_TARGET_LABELS = tuple(k for k, s in REGISTRY.items() if s.uses_target_labels)
 #: written first into every study folder: a later run recognises the folder as its own
@@ -107,151 +97,6 @@ def _gan(
             data, gan_dir, cfg, resume=(gan_dir / "checkpoint.json").is_file(), progress=progress
         )
     return gan_dir, read_run_meta(gan_dir)
-
-
-def _per_patient_rows(
-    target: str,
-    scenario: str,
-    fraction: float,
-    seed: int,
-    result: dict[str, Any],
-    meta: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """One row per test patient; ``val_dice`` is the run's best validation Dice (from its
-    ``model.json``, nan when it had no scorable validation set) on the split ``selected_on``."""
-    val = (meta or {}).get("best_val_dice")
-    val_dice = float(val) if val is not None else math.nan
-    return [
-        {
-            "target": target,
-            "scenario": scenario,
-            "label_fraction": fraction,
-            "seed": seed,
-            "patient": p["patient"],
-            "dice": p["dice"],
-            "iou": p["iou"],
-            "hd95": p["hd95"],
-            "slices": p["slices"],
-            "val_dice": val_dice,
-            "selected_on": SELECTION[scenario],
-        }
-        for p in result["patients"]
-    ]
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-
-
-def _pseudo_target(
-    train: SliceSet, teacher: Path, run_dir: Path, cfg: SegConfig
-) -> tuple[SliceSet, dict[str, Any]]:
-    """All target train slices, their own masks replaced by the ``teacher`` run's
-    confident pseudo-labels (:func:`~mrict.study.scenarios.pseudo_label`), stored in
-    ``run_dir/pseudo_labels.{npz,json}`` so that a resumed run sees exactly the same labels
-    (recomputed when the teacher's weights changed)."""
-    from mrict.runtime.atomic import atomic_path
-
-    npz, sidecar = run_dir / "pseudo_labels.npz", run_dir / "pseudo_labels.json"
-    digest = _digest(teacher / "model.safetensors")
-    if npz.is_file() and sidecar.is_file():
-        try:
-            stats = json.loads(sidecar.read_text("utf-8"))
-            with np.load(npz) as z:
-                masks, keep = z["masks"], z["keep"]
-            if stats.get("teacher_digest") == digest and masks.shape == train.masks.shape:
-                return SliceSet(train.modality, train.images, masks, keep, train.patient_ids), stats
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # damaged: recompute
-    probs = predict_probabilities(load_segmenter(teacher), train.images)
-    pseudo, stats = pseudo_labelled_set(
-        train, probs, cfg.pseudo_confidence, cfg.pseudo_max_uncertain
-    )
-    # diagnostic only, never used for training or selection: agreement of the kept
-    # pseudo-labels with the (hidden) target train masks
-    k = pseudo.has_mask & train.has_mask
-    inter = float((pseudo.masks[k].astype(bool) & train.masks[k].astype(bool)).sum())
-    total = float(pseudo.masks[k].sum()) + float(train.masks[k].sum())
-    stats.update(
-        teacher=str(teacher),
-        teacher_digest=digest,
-        diagnostic_dice_vs_hidden_masks=2 * inter / total if total else None,
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, masks=pseudo.masks, keep=pseudo.has_mask)
-    atomic_write_text(sidecar, json.dumps(stats, indent=1))
-    return pseudo, stats
-
-
-def _train_job(
-    spec: Scenario,
-    target: str,
-    fraction: float,
-    seed: int,
-    run_dir: Path,
-    cfg: SegConfig,
-    part: dict[str, dict[str, SliceSet]],
-    translated: dict[str, dict[str, SliceSet]],
-    run_dirs: dict[tuple[str, str, float, int], Path],
-    *,
-    progress: bool,
-    title: str,
-    stage: Callable[[str], None],
-) -> None:
-    """Train one scenario's segmenter into ``run_dir`` (continuing its checkpoint)."""
-    src = OTHER[target]
-    deps = {d: run_dirs[(target, d, 0.0, seed)] for d in dependencies(spec.key, cfg.schedule)}
-    for d, path in deps.items():
-        if not (path / "model.json").is_file():
-            raise MrictError(f"{spec.label} needs the trained {REGISTRY[d].label} segmenter", path)
-
-    def dataset(key: str) -> SliceSet:
-        if key == "target":
-            return label_subset(part[target]["train"], fraction, cfg.split_seed)
-        if key == "source":
-            return part[src]["train"]
-        if key == "translated":
-            return translated[target]["train"]
-        assert spec.teacher is not None
-        pseudo, stats = _pseudo_target(part[target]["train"], deps[spec.teacher], run_dir, cfg)
-        stage(
-            f"  pseudo-labels: {stats['kept']} of {stats['slices']} target train slices kept "
-            f"({stats['kept_with_tumour']} with tumour)"
-        )
-        return pseudo
-
-    vals = {
-        "target": part[target]["val"],
-        "source": part[src]["val"],
-        "translated": translated[target]["val"],
-    }
-    main, *extra = [dataset(k) for k in spec.trains_on]
-    run_cfg, init = cfg, None
-    if spec.teacher is not None:
-        # self-training retrains from scratch, main (pseudo-labelled) and extra mixed per batch
-        if cfg.schedule == "pretrain_finetune":
-            run_cfg = dataclasses.replace(cfg, schedule="mixed")
-        if not main.has_mask.any():
-            stage("  no confident pseudo-label: training on the extra data alone")
-            main, extra = extra[0], extra[1:]
-    elif extra and cfg.schedule == "pretrain_finetune":
-        extra, init = [], deps["translated"]  # fine-tune (3)'s segmenter on the target data
-    train_segmenter(
-        main,
-        vals[spec.validates_on],
-        run_dir,
-        run_cfg,
-        seed,
-        extra=extra or None,
-        init=init,
-        progress=progress,
-        title=title,
-        resume=(run_dir / "checkpoint.json").is_file(),
-        resume_command="the same mrict study command (finished runs are kept)",
-    )
 
 
 def _csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -325,13 +170,16 @@ def run_study(
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    workers: int | str = 1,
 ) -> Path:
     """Run the whole study on ``data``; return the study folder (holding report.html).
 
     ``seeds``: a count (seeds ``seed, seed+1, ...``) or explicit seeds of the segmenter
     training (None: the preset's default, 3 for quick, 5 for paper). ``label_fractions``:
     fractions of the target train patients whose masks the target-label scenarios (1) and
-    (4) may use. An existing study folder is continued
+    (4) may use. ``workers``: processes training segmenters side by side (an integer or
+    "auto", see :func:`mrict.study.jobs.worker_plan`); results depend on the CPU threads
+    each gets, not on the order. An existing study folder is continued
     (finished runs are kept); any other non-empty folder needs ``overwrite``.
     """
     t0 = time.time()
@@ -394,62 +242,25 @@ def run_study(
         }
 
     # 4. train and score every segmenter on the target test patients (the jobs, their data
-    # and selection split come from the scenario registry; dependencies are trained first)
-    jobs = study_jobs(targets, seed_list, fractions)
-    rows: list[dict[str, Any]] = []
-    counts: dict[str, dict[str, int]] = {}
-    run_info: dict[str, dict[str, Any]] = {}
-    run_dirs: dict[tuple[str, str, float, int], Path] = {}
+    # and selection split come from the scenario registry; prerequisites are trained first)
+    jobs = [Job(*j) for j in study_jobs(targets, seed_list, fractions)]
+    plan = current_plan()
+    n_workers, threads = worker_plan(workers, plan.threads, cfg.device)
+    if n_workers > 1:
+        stage(f"training {len(jobs)} segmenters in {n_workers} processes, {threads} thread(s) each")
     t_seg = time.time()
-    for n, (target, scenario, f, s) in enumerate(jobs, 1):
-        spec = REGISTRY[scenario]
-        name = scenario if not f else f"{scenario}_f{f:g}"
-        run_dir = out / "runs" / target / name / f"seed{s}"
-        run_dirs[(target, scenario, f, s)] = run_dir
-        label = f"[{n}/{len(jobs)}] {target} {spec.label}" + (f" f={f:g}" if f else "")
-        stage(f"{label} seed {s}")
-        if not (run_dir / "model.json").is_file():
-            # an interrupted segmenter continues from its checkpoint (removed once finished)
-            _train_job(
-                spec,
-                target,
-                f,
-                s,
-                run_dir,
-                cfg,
-                part,
-                translated,
-                run_dirs,
-                progress=progress,
-                title=label,
-                stage=stage,
-            )
-        seg = load_segmenter(run_dir)
-        test = part[target]["test"].labelled()
-        pred = predict_masks(seg, test.images)
-        result = evaluate_masks(pred, test.masks, test.patient_ids)
-        rows += _per_patient_rows(target, scenario, f, s, result, seg.meta)
-        summ = result["summary"]
-        counts[f"{target}/{name}/seed{s}"] = {
-            k: summ[k] for k in ("both_empty", "hd95_one_empty", "patients_both_empty", "n_slices")
-        }
-        run_info[f"{target}/{name}/seed{s}"] = {
-            k: seg.meta.get(k)
-            for k in (
-                "best_val_dice",
-                "best_iteration",
-                "last_iteration",
-                "stopped_early",
-                "schedule",
-                "target_passes",
-                "train_slices",
-            )
-        } | {"selected_on": spec.selection}
-        pseudo = run_dir / "pseudo_labels.json"
-        if pseudo.is_file():
-            run_info[f"{target}/{name}/seed{s}"]["pseudo_labels"] = json.loads(
-                pseudo.read_text("utf-8")
-            )
+    results = run_jobs(
+        jobs,
+        StudyData(cfg, out, part, translated, tuple(jobs)),
+        workers=n_workers,
+        threads=threads,
+        progress=progress,
+        stage=stage,
+    )
+    rows = [r for job in jobs for r in results[job]["rows"]]
+    counts = {job.key: results[job]["counts"] for job in jobs}
+    run_info = {job.key: results[job]["info"] for job in jobs}
+    run_dirs = {(j.target, j.scenario, j.fraction, j.seed): j.run_dir(out) for j in jobs}
     t_seg = time.time() - t_seg
 
     # 5. statistics, tables, figures, report
@@ -490,6 +301,8 @@ def run_study(
         "metric_policy": POLICY,
         "empty_counts": counts,
         "timing_s": {"gan": round(t_gan, 1), "segmentation": round(t_seg, 1)},
+        "segmentation_processes": {"workers": n_workers, "threads_each": threads},
+        "cpu_threads": plan.as_dict(),
         "platform": platform.platform(),
     }
     _csv(summary, out / "results.csv")

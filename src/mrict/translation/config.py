@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mrict.config import RESUMABLE_RUNTIME
+from mrict.runtime.device import Precision
+
 FeatureLoss = Literal["mind", "vgg16", "resnet50", "none"]
 CtMap = Literal["soft_tissue", "linear"]
 Upsample = Literal["resize", "transpose"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -123,16 +125,11 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
 
 #: fields that may change when resuming a run (they do not alter the training trajectory
 #: except ``iterations``/``epochs``, which extend or shorten it)
-RESUMABLE_CHANGES = frozenset(
-    {
-        "iterations",
-        "epochs",
-        "log_every",
-        "checkpoint_every",
-        "compile",
-        "device",
-        "sample_count",
-        "nonfinite",
-        "feature_weights_allow_pickle",
-    }
-)
+RESUMABLE_CHANGES = RESUMABLE_RUNTIME | {
+    "iterations",
+    "epochs",
+    "log_every",
+    "compile",
+    "sample_count",
+    "feature_weights_allow_pickle",
+}

@@ -89,10 +89,6 @@ def _set_requires_grad(flag: bool, *modules: nn.Module | None) -> None:
                 p.requires_grad_(flag)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def save_generators(
     gens: CycleGenerators,
     run_dir: Path,
@@ -109,6 +105,7 @@ def save_generators(
         "arch": dict(gens.mr2ct.arch),
         "image_size": config.image_size,
         "config": config_to_dict(config),
+        "cpu_threads": torch.get_num_threads(),
         **extra,
     }
     full = state if state is not None else gens.state_dict()
@@ -231,6 +228,8 @@ def train_cyclegan(
     every completed step (after any checkpoint of that step).
     """
     run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MrictError("output exists and is not a folder", run_dir)
     if config.image_size % 4 or config.image_size < 16:
         raise MrictError(f"image_size must be a multiple of 4 and >= 16, got {config.image_size}")
     if config.batch_size < 1:
