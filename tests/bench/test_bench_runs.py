@@ -63,7 +63,9 @@ def test_threads_benchmark_tiny():
     r = run_one("threads", TINY)
     runs = [row["run"] for row in r.rows]
     assert runs == ["alone, threads default", "alone, threads auto", "pair, default", "pair, auto"]
-    assert all(float(row["images/s"]) > 0 for row in r.rows)
+    assert all(float(row["images/s"]) > 0 for row in r.rows[:2])  # alone
+    # a pair can collapse to no step at all inside a 2 s window (that is what it measures)
+    assert all(float(row["images/s"]) >= 0 for row in r.rows[2:])
     assert r.rows[2]["threads"].count("+") == 1 and r.rows[3]["threads"].count("+") == 1
     assert _positive(r.values["seg_pair_auto_ratio"]) and _positive(r.values["seg_solo_auto_ratio"])
 

@@ -464,6 +464,24 @@ def expected_cost(job: Job) -> int:
     return 2 if "translated" in spec.trains_on else 1
 
 
+def _close_pool(pool: ProcessPoolExecutor, stop: Any, force: bool, grace_s: float = 120) -> None:
+    """Shut the pool down. After a stop or a dead worker (``force``), a worker the pool
+    no longer tracks (one started just as another died) could wait for work for ever:
+    give every child ``grace_s`` to save its checkpoint and exit, then kill it."""
+    if not force:
+        pool.shutdown(wait=True, cancel_futures=True)
+        return
+    stop.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+    pool.shutdown(wait=True)
+
+
 def _pool_results(
     jobs: Sequence[Job], data: StudyData, workers: int, threads: int, stage: Callable[[str], None]
 ) -> Iterator[tuple[Job, dict[str, Any]]]:
@@ -471,13 +489,15 @@ def _pool_results(
     import tempfile
 
     ctx = multiprocessing.get_context("spawn")
-    stopped, stop = False, ctx.Event()
+    stopped, broken, stop = False, False, ctx.Event()
+    data.out.mkdir(parents=True, exist_ok=True)
     fd, data_file = tempfile.mkstemp(prefix=".jobs-data.", suffix=".pkl", dir=data.out)
-    with os.fdopen(fd, "wb") as fh:
-        pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
     with stop_on_signals(quiet=True) as flag:
-        pool = ProcessPoolExecutor(workers, ctx, _init_worker, (data_file, threads, stop))
+        pool: ProcessPoolExecutor | None = None
         try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            pool = ProcessPoolExecutor(workers, ctx, _init_worker, (data_file, threads, stop))
             for wave in waves(jobs, data.cfg.schedule):
                 wave = sorted(wave, key=expected_cost, reverse=True)  # stable: else as listed
                 pending: dict[Future[Any], Job] = {pool.submit(_worker_job, j): j for j in wave}
@@ -502,6 +522,7 @@ def _pool_results(
                 if stopped:
                     break
         except BrokenProcessPool as exc:
+            broken = True
             if not flag.requested:
                 raise MrictError(
                     "a segmenter process died (out of memory, or killed); finished segmenters "
@@ -511,7 +532,8 @@ def _pool_results(
                 ) from exc
             stopped = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                _close_pool(pool, stop, force=broken or stopped)
             Path(data_file).unlink(missing_ok=True)
     if stopped:
         raise StudyInterrupted(
