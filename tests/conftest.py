@@ -23,6 +23,16 @@ def _isolated_slice_cache(
     monkeypatch.setenv("MRICT_CACHE_DIR", str(tmp_path_factory.mktemp("slice-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _fixed_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin the thread count that ``mrict.cli.run`` would choose from the CPU load, so that
+    two runs compared inside one test use the same count whatever else the machine runs
+    (tests of the thread policy remove the variable themselves)."""
+    import torch
+
+    monkeypatch.setenv("MRICT_THREADS", str(torch.get_num_threads()))
+
+
 def brainlike(rng: np.random.Generator, size: int, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """A head-like slice in native units (HU for CT) and its tumour mask (0/1)."""
     yy, xx = np.mgrid[:size, :size] / size - 0.5
