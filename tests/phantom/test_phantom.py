@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -124,15 +123,6 @@ def test_tumour_free_fraction():
     assert not none.tumour.any()
 
 
-def _digest(root):
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.mark.parametrize("fmt", ["dicom", "nifti", "png"])
 def test_simulated_dataset_layout_pairing_and_reader(tmp_path, fmt):
     out = simulate_dataset(
@@ -191,8 +181,10 @@ def test_simulation_is_deterministic(tmp_path):
     a = simulate_dataset(tmp_path / "a", seed=7, workers=1, **kw)
     b = simulate_dataset(tmp_path / "b", seed=7, workers=2, **kw)
     c = simulate_dataset(tmp_path / "c", seed=8, workers=1, **kw)
-    assert _digest(a) == _digest(b)
-    assert _digest(a) != _digest(c)
+    from tests.conftest import _tree_digest  # noqa: PLC0415
+
+    assert _tree_digest(a) == _tree_digest(b)
+    assert _tree_digest(a) != _tree_digest(c)
 
 
 def test_simulate_cli_and_errors(tmp_path, capsys):
