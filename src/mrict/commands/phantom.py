@@ -21,7 +21,14 @@ def simulate_command(
         "used to choose translation checkpoints).",
     ),
     slices_per_patient: int = typer.Option(
-        8, "--slices-per-patient", help="Axial slices per patient."
+        8, "--slices-per-patient", help="Axial slices per patient (contiguous)."
+    ),
+    slice_spacing: float = typer.Option(
+        3.0,
+        "--slice-spacing",
+        help="Distance between slice centres = slice thickness, mm (1-5; recorded in the "
+        "manifest, DICOM SliceThickness/ImagePositionPatient and the NIfTI affine). The "
+        "atlas spans 69 mm, so slices x spacing must fit in it.",
     ),
     size: int = typer.Option(256, "--size", help="Image size in pixels (square)."),
     seed: int = typer.Option(
@@ -34,7 +41,10 @@ def simulate_command(
         help="MR contrast: t1c (T1-weighted after gadolinium), t1, t2 or flair.",
     ),
     tumour_free_fraction: float = typer.Option(
-        0.2, "--tumour-free-fraction", help="Fraction of slices drawn without tumour."
+        0.2,
+        "--tumour-free-fraction",
+        help="Aimed-for fraction of each patient's slices that miss the lesion: the slab is "
+        "placed to match (a lesion larger than the slab leaves fewer; a small one more).",
     ),
     ct_contrast: bool = typer.Option(
         True,
@@ -63,6 +73,7 @@ def simulate_command(
         test_patients=test_patients,
         val_patients=val_patients,
         slices_per_patient=slices_per_patient,
+        slice_spacing_mm=slice_spacing,
         size=size,
         seed=seed,
         fmt=fmt,

@@ -131,7 +131,8 @@ def write_png(path: str | Path, array: np.ndarray, bits: int = 8, fmt: str = "PN
     arr = np.clip(np.rint(arr), 0, top).astype(np.uint8 if bits <= 8 else np.uint16)
     image = Image.fromarray(arr)
     with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        # PNG: fastest zlib level (files ~7 % larger than level 6, written 4-5x faster)
+        image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
     return path
 
 

@@ -16,7 +16,7 @@ from mrict import __version__
 from mrict.data.io import write_dicom, write_nifti, write_png
 from mrict.data.raster_io import native_to_stored
 from mrict.errors import MrictError
-from mrict.phantom.anatomy import PatientAnatomy, make_patient
+from mrict.phantom.anatomy import PatientAnatomy, atlas_extent_mm, make_patient, max_slices
 from mrict.phantom.atlas import LABEL_NAMES
 from mrict.phantom.render import (
     MR_CONTRASTS,
@@ -47,6 +47,8 @@ class SimulationParams:
     #: choosing translation checkpoints without touching the test set
     val_patients: int = 4
     slices_per_patient: int = 8
+    #: distance between slice centres = slice thickness (contiguous slices), mm
+    slice_spacing_mm: float = 3.0
     size: int = 256
     seed: int = 0
     fmt: OutputFormat = "dicom"
@@ -63,6 +65,15 @@ class SimulationParams:
             raise MrictError("nothing to simulate: all patient counts are 0")
         if not 1 <= self.slices_per_patient <= 60:
             raise MrictError("--slices-per-patient must be between 1 and 60")
+        if not 1.0 <= self.slice_spacing_mm <= 5.0:
+            raise MrictError("--slice-spacing must be between 1 and 5 mm")
+        fit = max_slices(self.slice_spacing_mm)
+        if self.slices_per_patient > fit:
+            raise MrictError(
+                f"{self.slices_per_patient} slices {self.slice_spacing_mm:g} mm apart do not fit "
+                f"in the atlas's {atlas_extent_mm():g} mm axial extent: use at most {fit} "
+                "slices or a smaller --slice-spacing"
+            )
         if not 32 <= self.size <= 1024:
             raise MrictError("--size must be between 32 and 1024 pixels")
         if self.fmt not in ("dicom", "nifti", "png"):
@@ -85,20 +96,42 @@ def _render_patient(params: SimulationParams, group: str, index: int) -> dict[st
         _rng(params.seed, group, index, 0),
         params.size,
         params.slices_per_patient,
+        slice_spacing_mm=params.slice_spacing_mm,
         tumour_free_fraction=params.tumour_free_fraction,
     )
+    lesions = anatomy.params["tumour"]["lesions"]
+    enhancing = bool(lesions[0]["enhancing"]) if lesions else True
+    fractions, texture = anatomy.fractions, anatomy.texture
+    assert fractions is not None and texture is not None
     out: dict[str, Any] = {"anatomy": anatomy}
     if group in ("MR", "PT", "PV"):
         rng = _rng(params.seed, group, index, 1)
-        protocol = sample_mr_protocol(rng, params.mr_contrast, params.size)
+        protocol = sample_mr_protocol(rng, params.mr_contrast, params.size, enhancing)
         bias = bias_field(protocol, params.size)
-        out["MR"] = np.stack([render_mri(lab, protocol, rng, bias) for lab in anatomy.labels])
+        out["MR"] = np.stack(
+            [
+                render_mri(fractions[k], texture[:, k], protocol, rng, bias)
+                for k in range(len(fractions))
+            ]
+        )
         out["mr_protocol"] = protocol
     if group in ("CT", "PT", "PV"):
         rng = _rng(params.seed, group, index, 2)
-        protocol = sample_ct_protocol(rng, params.size, params.ct_contrast)
-        out["CT"] = np.stack([render_ct(lab, protocol, rng) for lab in anatomy.labels])
+        protocol = sample_ct_protocol(
+            rng,
+            params.size,
+            params.ct_contrast,
+            thickness_mm=params.slice_spacing_mm,
+            enhancing=enhancing,
+        )
+        out["CT"] = np.stack(
+            [
+                render_ct(fractions[k], texture[:, k], protocol, rng, anatomy.spacing_mm)
+                for k in range(len(fractions))
+            ]
+        )
         out["ct_protocol"] = protocol
+    anatomy.release()  # the fractions are large; only masks and labels leave this process
     return out
 
 
@@ -162,21 +195,67 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     return staging
 
 
-def _render_job(job: tuple[SimulationParams, str, int]) -> dict[str, Any]:
-    return _render_patient(*job)
+def _write_patient(
+    params: SimulationParams, staging: Path, group: str, index: int
+) -> dict[str, Any]:
+    """Render one patient, write its files under ``staging`` and return its manifest entry
+    (and, for paired test patients, the preview slice with the most tumour)."""
+    result = _render_patient(params, group, index)
+    pid = f"{group}{index + 1:03d}"
+    anatomy: PatientAnatomy = result["anatomy"]
+    preview = None
+    if group in PAIRED_GROUPS:
+        base = staging / PAIRED_GROUPS[group]
+        _write_images(base / "MR", pid, "MR", result["MR"], anatomy, params)
+        _write_images(base / "CT", pid, "CT", result["CT"], anatomy, params)
+        _write_masks(base / "mask", pid, anatomy.tumour, anatomy, params)
+        if params.oedema_masks:
+            _write_masks(base / "oedema", pid, anatomy.oedema, anatomy, params)
+        if group == "PT":
+            k = int(np.argmax(anatomy.tumour.reshape(len(anatomy.tumour), -1).sum(1)))
+            preview = {
+                "id": pid,
+                "MR": result["MR"][k],
+                "CT": result["CT"][k],
+                "mask": anatomy.tumour[k],
+            }
+    else:
+        base = staging / group
+        _write_images(base / f"image_{group}", pid, group, result[group], anatomy, params)
+        _write_masks(base / f"mask_{group}", pid, anatomy.tumour, anatomy, params)
+        if params.oedema_masks:
+            _write_masks(base / f"oedema_{group}", pid, anatomy.oedema, anatomy, params)
+    entry = {
+        "id": pid,
+        "group": {"MR": "mri", "CT": "ct", **PAIRED_GROUPS}[group],
+        "slices": params.slices_per_patient,
+        "spacing_mm": anatomy.spacing_mm,
+        "thickness_mm": anatomy.thickness_mm,
+        "anatomy": anatomy.params,
+        "tumour_pixels_per_slice": anatomy.tumour.reshape(len(anatomy.tumour), -1).sum(1).tolist(),
+    }
+    for key in ("mr_protocol", "ct_protocol"):
+        if key in result:
+            entry[key] = result[key]
+    return {"entry": entry, "preview": preview}
 
 
-def _results(params: SimulationParams, jobs: list[tuple[str, int]], workers: int):
-    """Rendered patients in job order, from ``workers`` processes (1: in this process)."""
+def _write_job(job: tuple[SimulationParams, Path, str, int]) -> dict[str, Any]:
+    return _write_patient(*job)
+
+
+def _results(params: SimulationParams, staging: Path, jobs: list[tuple[str, int]], workers: int):
+    """Each patient's manifest entry and preview, in job order, rendered and written by
+    ``workers`` processes (1: in this process)."""
     if workers <= 1 or len(jobs) < 4:
         for group, i in jobs:
-            yield _render_patient(params, group, i)
+            yield _write_patient(params, staging, group, i)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        yield from pool.map(_render_job, [(params, g, i) for g, i in jobs], chunksize=2)
+        yield from pool.map(_write_job, [(params, staging, g, i) for g, i in jobs], chunksize=2)
 
 
 def simulate_dataset(
@@ -228,50 +307,10 @@ def simulate_dataset(
         with bar:
             task = bar.add_task("simulate", total=len(jobs))
             n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-            for (group, i), result in zip(jobs, _results(params, jobs, n_workers), strict=True):
-                pid = f"{group}{i + 1:03d}"
-                anatomy: PatientAnatomy = result["anatomy"]
-                if group in PAIRED_GROUPS:
-                    base = staging / PAIRED_GROUPS[group]
-                    _write_images(base / "MR", pid, "MR", result["MR"], anatomy, params)
-                    _write_images(base / "CT", pid, "CT", result["CT"], anatomy, params)
-                    _write_masks(base / "mask", pid, anatomy.tumour, anatomy, params)
-                    if params.oedema_masks:
-                        _write_masks(base / "oedema", pid, anatomy.oedema, anatomy, params)
-                    if group == "PT" and len(previews) < 3:
-                        k = int(np.argmax(anatomy.tumour.reshape(len(anatomy.tumour), -1).sum(1)))
-                        previews.append(
-                            {
-                                "id": pid,
-                                "MR": result["MR"][k],
-                                "CT": result["CT"][k],
-                                "mask": anatomy.tumour[k],
-                            }
-                        )
-                else:
-                    base = staging / group
-                    _write_images(
-                        base / f"image_{group}", pid, group, result[group], anatomy, params
-                    )
-                    _write_masks(base / f"mask_{group}", pid, anatomy.tumour, anatomy, params)
-                    if params.oedema_masks:
-                        _write_masks(base / f"oedema_{group}", pid, anatomy.oedema, anatomy, params)
-                entry = {
-                    "id": pid,
-                    "group": {"MR": "mri", "CT": "ct", **PAIRED_GROUPS}[group],
-                    "slices": params.slices_per_patient,
-                    "spacing_mm": anatomy.spacing_mm,
-                    "thickness_mm": anatomy.thickness_mm,
-                    "anatomy": anatomy.params,
-                    "tumour_pixels_per_slice": anatomy.tumour.reshape(len(anatomy.tumour), -1)
-                    .sum(1)
-                    .tolist(),
-                }
-                if "mr_protocol" in result:
-                    entry["mr_protocol"] = result["mr_protocol"]
-                if "ct_protocol" in result:
-                    entry["ct_protocol"] = result["ct_protocol"]
-                manifest["patients"].append(entry)
+            for result in _results(params, staging, jobs, n_workers):
+                manifest["patients"].append(result["entry"])
+                if result["preview"] is not None and len(previews) < 3:
+                    previews.append(result["preview"])
                 bar.advance(task)
         if previews:
             from mrict.phantom.preview import save_preview
