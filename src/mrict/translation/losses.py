@@ -256,9 +256,7 @@ class PretrainedFeatureLoss(nn.Module):
     Grayscale [-1, 1] -> [0, 1], replicated to 3 channels, ImageNet-normalised.
     """
 
-    def __init__(
-        self, arch: str, weights: str | Path | None, allow_pickle: bool = False
-    ) -> None:
+    def __init__(self, arch: str, weights: str | Path | None, allow_pickle: bool = False) -> None:
         super().__init__()
         if weights is None:
             raise MrictError(
