@@ -115,12 +115,14 @@ def test_contrast_ct_enhances_the_tumour():
     assert np.median(flat[tumour]) < np.median(flat[grey]) + 5
 
 
-def test_ct_noise_falls_with_slice_thickness_and_bone_hardens_the_beam():
+def test_ct_noise_falls_with_slice_thickness_and_pixel_size_and_bone_hardens_the_beam():
     rng = np.random.default_rng(0)
-    thin = [sample_ct_protocol(rng, 128, thickness_mm=1.0)["noise_hu"] for _ in range(50)]
-    thick = [sample_ct_protocol(rng, 128, thickness_mm=5.0)["noise_hu"] for _ in range(50)]
-    assert min(thick) >= 3.0 and max(thick) <= 5.5  # head CT, 5 mm slices
+    thin = [sample_ct_protocol(rng, 512, thickness_mm=1.0)["noise_hu"] for _ in range(50)]
+    thick = [sample_ct_protocol(rng, 512, thickness_mm=5.0)["noise_hu"] for _ in range(50)]
+    assert min(thick) >= 3.0 and max(thick) <= 5.5  # head CT, 512 matrix, 5 mm slices
     assert np.mean(thin) > 2.0 * np.mean(thick)
+    coarse = [sample_ct_protocol(rng, 128, thickness_mm=5.0)["noise_hu"] for _ in range(50)]
+    assert np.mean(coarse) == pytest.approx(np.mean(thick) / 4, rel=0.15)  # 4x larger pixels
     anatomy = _patient(3, size=128, slices=2)
     rng = np.random.default_rng(3)
     protocol = sample_ct_protocol(rng, 128, contrast=False)

@@ -161,14 +161,16 @@ def sample_ct_protocol(
 ) -> dict[str, Any]:
     """Per-patient CT tissue values (HU) and scanner settings; ``contrast``: after iodinated
     contrast (an ``enhancing`` solid tumour enhances), else non-contrast (tumour iso- to
-    hypodense). The noise s.d. is drawn for 5 mm slices and scaled by ``sqrt(5 / t)``."""
+    hypodense). The noise s.d. is drawn for a 512-matrix reconstruction (0.45 mm pixels) of
+    5 mm slices and scaled by ``sqrt(5 mm / t)`` and by the pixel size, as if that
+    reconstruction were averaged down to ``size`` pixels (``0.45 mm / pixel``)."""
     hu = sample_ct_tissues(rng, contrast)
     if not enhancing:
         hu[TUMOUR] = rng.uniform(*HU_RANGES[TUMOUR])
     return {
         "contrast": bool(contrast),
         "hu": hu.tolist(),
-        "noise_hu": float(rng.uniform(3.0, 5.5) * np.sqrt(5.0 / thickness_mm)),
+        "noise_hu": float(rng.uniform(3.0, 5.5) * np.sqrt(5.0 / thickness_mm) * size / 512),
         "psf_px": rng.uniform(0.5, 0.9) * size / 256,
         "nps_peak": rng.uniform(0.15, 0.3),  # cycles/pixel of the noise power peak
         "texture_hu": (CT_TEXTURE_HU * rng.uniform(0.7, 1.3)).tolist(),
