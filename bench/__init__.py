@@ -30,10 +30,12 @@ BENCHMARKS: dict[str, str] = {
     "data": "bench.data_io",
     "scaling": "bench.scaling",
     "threads": "bench.threads",
+    "fast_layers": "bench.fast_layers",
     "quality": "bench.quality",
+    "time_to_quality": "bench.time_to_quality",
 }
 #: run only when asked for by name (they train models to convergence-relevant lengths)
-OPTIONAL = frozenset({"quality"})
+OPTIONAL = frozenset({"quality", "time_to_quality"})
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,10 @@ def bench_simulator(
             progress=False,
         )
         e2e_s = time.perf_counter() - start
+    import os
+
     return {
+        "workers": min(4, os.cpu_count() or 1),
         "size": size,
         "slices": n,
         "render_slices_per_s": n / render_s,

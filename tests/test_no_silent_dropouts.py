@@ -19,8 +19,8 @@ def test_study_translation_metrics_do_not_swallow_import_errors(
 
 
 def test_training_log_needs_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrict.translation.trainer import _Logger
+    from mrict.translation.train_log import TrainLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError):
-        _Logger(tmp_path, 0, 10, enabled=True, show_bar=False)
+        TrainLog(tmp_path, 0, enabled=True)

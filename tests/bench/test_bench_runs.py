@@ -70,6 +70,29 @@ def test_threads_benchmark_tiny():
     assert _positive(r.values["seg_pair_auto_ratio"]) and _positive(r.values["seg_solo_auto_ratio"])
 
 
+def test_time_to_quality_tiny():
+    """Every scoring point of the run gets a time; the times grow with the iterations."""
+    r = run_one("time_to_quality", TINY)
+    assert [row["iteration"] for row in r.rows] == [2, 4]
+    assert 0 < r.rows[0]["seconds"] < r.rows[1]["seconds"]
+    assert all(math.isfinite(row["score"]) for row in r.rows)
+    assert r.values["final_score"] == r.rows[-1]["score"]
+
+
+def test_fast_layers_ablation_tiny():
+    """Every configuration is timed in the same run, and switching a layer off leaves the
+    gates as they were afterwards."""
+    import mrict.translation.instance_norm as norm_module
+    from bench.fast_layers import CONFIGS
+
+    gate = norm_module.use_fast_path
+    r = run_one("fast_layers", TINY)
+    assert [row["configuration"] for row in r.rows] == list(CONFIGS)
+    assert all(row["s/step"] > 0 for row in r.rows)
+    assert r.rows[0]["time vs all fast"] == 1.0
+    assert norm_module.use_fast_path is gate
+
+
 def test_pair_rate_counts_only_the_common_window():
     from bench.threads import _rate
 

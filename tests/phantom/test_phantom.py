@@ -262,11 +262,25 @@ def test_within_tissue_texture():
     assert lag > 0.3
 
 
+def test_lesion_z_range_bounds_the_body():
+    rng = np.random.default_rng(3)
+    yy, xx = np.meshgrid(np.linspace(-60, 60, 121), np.linspace(-60, 60, 121), indexing="ij")
+    for _ in range(5):
+        lesion = draw_lesion(rng, np.array([30.0, 0.0, 0.0]), sample_radius(rng))
+        lo, hi = lesion.z_range_mm()
+        assert lo < 30.0 < hi
+        for z in (lo - 0.5, hi + 0.5):
+            assert lesion.signed_distance(z, yy, xx).min() > 0  # outside the range: no body
+        for z in (lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)):
+            assert lesion.signed_distance(z, yy, xx).min() < 0
+
+
 def test_tumour_free_fraction_places_the_slab():
     free = []
     for seed in range(10):
         anatomy = _patient(seed, size=64, slices=10, tumour_free_fraction=0.5)
         free.append(len(anatomy.params["tumour_free_slices"]) / 10)
+        assert anatomy.tumour.any()  # the slab always cuts the lesion
     assert 0.3 <= np.mean(free) <= 0.75
     none = make_patient(np.random.default_rng(1), 64, 20, tumour_free_fraction=1.0)
     assert not none.tumour.any() and not none.params["tumour"]["present"]

@@ -72,7 +72,8 @@ def train_seg_command(
     from mrict.data.datasets import load_modality
     from mrict.data.splits import split_patients
     from mrict.segmentation.config import SEG_PRESETS, SegConfig
-    from mrict.segmentation.trainer import check_run_folder, train_segmenter
+    from mrict.segmentation.run_folder import check_run_folder
+    from mrict.segmentation.trainer import train_segmenter
     from mrict.study.scenarios import label_subset
 
     mod = _modality(modality)

@@ -227,15 +227,18 @@ def _place_slab(
     ``free_fraction`` of its slices lie beyond the main lesion's z extent."""
     if not lesions:
         return float(rng.uniform(0, z0_max))
-    cz = lesions[0].centre_mm[0]
-    half = 0.85 * lesions[0].z_half_extent_mm()  # irregular shapes reach less far on average
+    lo, hi = lesions[0].z_range_mm()
+    # a slice within a tenth of the extent of the lesion's pole cuts too little of it to
+    # hold a mask pixel: count only slices that cut the lesion properly
+    margin = 0.1 * (hi - lo)
+    lo, hi = lo + margin, hi - margin
     want_in = max(1, n - int(round(free_fraction * n)))
     starts = np.linspace(0.0, z0_max, 256) if z0_max > 0 else np.zeros(1)
-    hits = (np.abs(starts[:, None] + step * np.arange(n)[None, :] - cz) < half).sum(1)
-    hits_ok = hits >= 1
-    if not hits_ok.any():
-        return float(np.clip(cz - step * (n - 1) / 2, 0, z0_max))
-    gap = np.where(hits_ok, np.abs(hits - want_in), n + 1)
+    z = starts[:, None] + step * np.arange(n)[None, :]
+    hits = ((z > lo) & (z < hi)).sum(1)
+    if not (hits >= 1).any():
+        return float(np.clip((lo + hi) / 2 - step * (n - 1) / 2, 0, z0_max))
+    gap = np.where(hits >= 1, np.abs(hits - want_in), n + 1)
     best = np.flatnonzero(gap == gap.min())
     return float(starts[best[rng.integers(len(best))]])
 

@@ -21,6 +21,16 @@ SECOND_LESION_PROBABILITY = 0.15
 NON_ENHANCING_PROBABILITY = 0.1
 
 
+def _directions(n: int = 256) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere (Fibonacci lattice), (n, 3) as
+    (z, y, x)."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([z, r * np.sin(phi), r * np.cos(phi)], axis=1)
+
+
 @dataclass(frozen=True)
 class Lobe:
     """One star-shaped body: ``radius(u) = radius_mm * exp(sum_k a_k sin(w_k . u + p_k))``
@@ -35,6 +45,14 @@ class Lobe:
     @property
     def max_radius_mm(self) -> float:
         return float(self.radius_mm * np.exp(self.amplitudes.sum()))
+
+    def z_range_mm(self) -> tuple[float, float]:
+        """Lowest and highest z (mm) of the surface, from its radius along 256 directions."""
+        u = _directions()
+        phase = u @ self.waves.T + self.phases
+        radius = self.radius_mm * np.exp(np.sin(phase) @ self.amplitudes)
+        z = self.centre_mm[0] + radius * u[:, 0]
+        return float(z.min()), float(z.max())
 
     def signed_distance(self, z: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         """Approximate signed distance (mm, negative inside) from the surface at slice
@@ -93,11 +111,10 @@ class Lesion:
         )
         return reach + self.oedema_wm_mm + 3.0
 
-    def z_half_extent_mm(self) -> float:
-        """Half the lesion body's extent along z (mm), without oedema."""
-        return max(
-            abs(lobe.centre_mm[0] - self.centre_mm[0]) + lobe.max_radius_mm for lobe in self.lobes
-        )
+    def z_range_mm(self) -> tuple[float, float]:
+        """Lowest and highest z (mm) of the lesion body (all lobes, without oedema)."""
+        ranges = [lobe.z_range_mm() for lobe in self.lobes]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
     def signed_distance(self, z: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         return np.minimum.reduce([lobe.signed_distance(z, yy, xx) for lobe in self.lobes])

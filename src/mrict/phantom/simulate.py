@@ -16,8 +16,15 @@ from mrict import __version__
 from mrict.data.io import write_dicom, write_nifti, write_png
 from mrict.data.raster_io import native_to_stored
 from mrict.errors import MrictError
-from mrict.phantom.anatomy import PatientAnatomy, atlas_extent_mm, make_patient, max_slices
+from mrict.phantom.anatomy import (
+    FOV_MM,
+    PatientAnatomy,
+    atlas_extent_mm,
+    make_patient,
+    max_slices,
+)
 from mrict.phantom.atlas import LABEL_NAMES
+from mrict.phantom.fractions import atlas_fractions, smoothing_for
 from mrict.phantom.render import (
     MR_CONTRASTS,
     bias_field,
@@ -254,6 +261,8 @@ def _results(params: SimulationParams, staging: Path, jobs: list[tuple[str, int]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    # smooth the atlas here, once: the forked workers share it instead of each redoing it
+    atlas_fractions(*smoothing_for(FOV_MM / params.size, params.slice_spacing_mm))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
         yield from pool.map(_write_job, [(params, staging, g, i) for g, i in jobs], chunksize=2)
 

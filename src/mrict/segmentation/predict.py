@@ -22,7 +22,8 @@ from mrict.runtime.device import pick_device, resolve_precision
 from mrict.segmentation.config import SegConfig
 from mrict.segmentation.inputs import input_channels, prepare_inputs
 from mrict.segmentation.model import ARCH_KEYS, WEIGHT_KEYS, build_unet
-from mrict.segmentation.trainer import MODEL, predict_logits
+from mrict.segmentation.run_folder import MODEL
+from mrict.segmentation.trainer import predict_logits
 
 
 class Segmenter:

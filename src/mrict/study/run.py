@@ -6,41 +6,43 @@ statistics, figures and the HTML report.
 Study folder: ``study.json`` (marks the folder as a study), ``gan/`` (unless ``gan_run``
 is given), ``runs/<TARGET>/<scenario>[_f<F>]/seed<S>/`` (self-training runs also hold
 ``pseudo_labels.{npz,json}``),
-``results.csv`` (one row per target, scenario and label fraction), ``per_patient.csv``,
-``results.json``, ``figures/*.png`` and ``report.html``. Segmenters already trained in the
+``translated/`` (the translated source sets), ``stages/train.json`` (every segmenter's
+test rows), ``results.csv`` (one row per target, scenario and label fraction),
+``per_patient.csv``, ``results.json``, ``figures/*.png`` and ``report.html``; the stages are
+in :mod:`mrict.study.stages`. Segmenters already trained in the
 folder are reused, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mrict.config import config_to_dict, resolve_config
-from mrict.data.datasets import SliceSet, load_modality
-from mrict.data.geometry import resize_batch
-from mrict.data.splits import check_disjoint, split_patients
+from mrict.data.datasets import SliceSet
 from mrict.errors import MrictError
 from mrict.runtime.atomic import atomic_write_text
 from mrict.runtime.outputs import check_not_input, check_writable
 from mrict.runtime.threads import current_plan
 from mrict.segmentation.config import SEG_PRESETS, SegConfig
 from mrict.segmentation.metrics import POLICY
-from mrict.study.analysis import DEFAULT_FRACTIONS, comparisons, preset_seeds, summarise
-from mrict.study.jobs import OTHER, Job, StudyData, run_jobs, worker_plan
+from mrict.study.analysis import DEFAULT_FRACTIONS, preset_seeds
+from mrict.study.jobs import Job, worker_plan
 from mrict.study.scenarios import REGISTRY, SCENARIOS, SELECTION, study_jobs
+from mrict.study.stages import (
+    MODALITIES,
+    run_dirs_of,
+    stage_data,
+    stage_evaluate,
+    stage_train,
+    stage_translate,
+)
 
-MODALITIES = ("CT", "MR")
 #: scenarios that use target labels (and so depend on the label fraction)
 USES_TARGET_LABELS = tuple(k for k, s in REGISTRY.items() if s.uses_target_labels)
 #: written first into every study folder: a later run recognises the folder as its own
@@ -51,19 +53,6 @@ def _log(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr, flush=True)
-
-
-def translate_set(generator: Any, s: SliceSet, target: str, size: int) -> SliceSet:
-    """Translate every image of ``s`` with ``generator`` (run at its training size) and
-    return a ``target``-modality SliceSet at ``size`` with the source masks and patients."""
-    from mrict.translation.translate import translate_array
-
-    if len(s) == 0:
-        return s
-    gsize = int(getattr(generator, "image_size", size))
-    fake = translate_array(generator, resize_batch(s.images, gsize))
-    fake = np.clip(resize_batch(fake, size), -1.0, 1.0).astype(np.float32)
-    return SliceSet(target, fake, s.masks.copy(), s.has_mask.copy(), list(s.patient_ids))
 
 
 #: the study's translator learns from each direction's source masks only, so scenarios
@@ -97,31 +86,6 @@ def _gan(
             data, gan_dir, cfg, resume=(gan_dir / "checkpoint.json").is_file(), progress=progress
         )
     return gan_dir, read_run_meta(gan_dir)
-
-
-def _csv(rows: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def is_study_folder(out: Path) -> bool:
@@ -187,59 +151,24 @@ def run_study(
     if not data.is_dir():
         raise MrictError("data folder not found", data)
     check_study_folder(out, data, overwrite)
-    if seeds is None:
-        seeds = preset_seeds(preset)
-    seed_list = list(range(seed, seed + int(seeds))) if isinstance(seeds, int) else list(seeds)
-    if not seed_list:
-        raise MrictError("--seeds must be at least 1")
-    fractions = sorted({float(f) for f in label_fractions}, reverse=True)
-    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
-        raise MrictError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
+    seed_list, fractions = _seeds_and_fractions(preset, seeds, seed, label_fractions)
     # segmentation options: preset <- YAML file ``seg_config`` <- ``seg_overrides``
     cfg = resolve_config(SegConfig, SEG_PRESETS, preset, seg_config, seg_overrides or {})
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / STUDY_MARKER).is_file():
-        marker = {"kind": "mrict-study", "data": str(data.resolve()), "preset": preset}
-        atomic_write_text(out / STUDY_MARKER, json.dumps(marker, indent=1))
-    (out / "figures").mkdir(exist_ok=True)
+    _start_folder(out, data, preset)
     stage = on_stage or _log
 
     # 1. the CycleGAN, trained on the train split (split seed 0) only
     gan_dir, gan_meta = _gan(
         data, out, preset, Path(gan_run) if gan_run else None, seed, progress, gan_overrides
     )
-    gan_split_seed = int(gan_meta.get("config", {}).get("split_seed", cfg.split_seed))
-    if gan_split_seed != cfg.split_seed:
-        raise MrictError(
-            f"CycleGAN run used split seed {gan_split_seed}, the study uses {cfg.split_seed}; "
-            "test patients could have been seen in training",
-            gan_dir,
-        )
-    from mrict.translation.translate import load_generators
-
-    gens = load_generators(gan_dir, cfg.device if cfg.device != "auto" else None)
+    gens = _load_checked_generators(gan_dir, gan_meta, cfg)
     t_gan = time.time() - t0
 
-    # 2. data and patient splits (the same split the CycleGAN used)
+    # 2.-3. data and patient splits (the split the CycleGAN used), translated source sets
     stage("loading data")
-    sets = {m: load_modality(data, m, size=cfg.image_size, progress=progress) for m in MODALITIES}
-    splits = {m: split_patients(sets[m].patients(), seed=cfg.split_seed) for m in MODALITIES}
-    for m in MODALITIES:
-        check_disjoint(splits[m])
-        if not splits[m]["test"] or not sets[m].select(splits[m]["test"]).labelled().images.size:
-            raise MrictError(f"{m} has no labelled test patients (need at least 3 patients)", data)
-    part = {m: {k: sets[m].select(v) for k, v in splits[m].items()} for m in MODALITIES}
-
-    # 3. translate the labelled source train/val patients into each target modality
+    part, splits = stage_data(data, cfg, progress)
     stage("translating source patients")
-    translated: dict[str, dict[str, SliceSet]] = {}
-    for target in targets:
-        src = OTHER[target]
-        key = "mr2ct" if src == "MR" else "ct2mr"
-        translated[target] = {
-            k: translate_set(gens[key], part[src][k].labelled(), target, cfg.image_size)
-            for k in ("train", "val")
-        }
+    stage_translate(out, gens, part, targets, cfg.image_size)
 
     # 4. train and score every segmenter on the target test patients (the jobs, their data
     # and selection split come from the scenario registry; prerequisites are trained first)
@@ -249,25 +178,103 @@ def run_study(
     if n_workers > 1:
         stage(f"training {len(jobs)} segmenters in {n_workers} processes, {threads} thread(s) each")
     t_seg = time.time()
-    results = run_jobs(
+    train = stage_train(
+        out,
+        cfg,
+        part,
         jobs,
-        StudyData(cfg, out, part, translated, tuple(jobs)),
+        targets,
         workers=n_workers,
         threads=threads,
         progress=progress,
         stage=stage,
     )
-    rows = [r for job in jobs for r in results[job]["rows"]]
-    counts = {job.key: results[job]["counts"] for job in jobs}
-    run_info = {job.key: results[job]["info"] for job in jobs}
-    run_dirs = {(j.target, j.scenario, j.fraction, j.seed): j.run_dir(out) for j in jobs}
     t_seg = time.time() - t_seg
 
-    # 5. statistics, tables, figures, report
-    summary = summarise(rows)
-    tests = comparisons(rows, fractions)
-    translation = _translation_metrics(gan_dir, data)
+    # 5. statistics, then figures and the report
     info = {
+        **_describe(data, gan_dir, gan_meta, preset, seed_list, fractions, cfg, splits, part),
+        "timing_s": {"gan": round(t_gan, 1), "segmentation": round(t_seg, 1)},
+        "segmentation_processes": {"workers": n_workers, "threads_each": threads},
+        "cpu_threads": plan.as_dict(),
+        "platform": platform.platform(),
+    }
+    doc = stage_evaluate(out, fractions, info, _translation_metrics(gan_dir, data))
+    stage("figures and report")
+    from mrict.report.figures import make_figures
+    from mrict.report.html import write_report
+
+    figures = make_figures(
+        out / "figures",
+        gens,
+        part,
+        targets,
+        run_dirs_of(train),
+        seed_list,
+        fractions,
+        doc["summary"],
+    )
+    doc["info"]["timing_s"]["total"] = round(time.time() - t0, 1)
+    atomic_write_text(out / "results.json", json.dumps(doc, indent=1))
+    write_report(out / "report.html", doc, figures)
+    return out
+
+
+def _load_checked_generators(
+    gan_dir: Path, gan_meta: dict[str, Any], cfg: SegConfig
+) -> dict[str, Any]:
+    """The CycleGAN's generators, after checking it used the study's patient split."""
+    gan_split_seed = int(gan_meta.get("config", {}).get("split_seed", cfg.split_seed))
+    if gan_split_seed != cfg.split_seed:
+        raise MrictError(
+            f"CycleGAN run used split seed {gan_split_seed}, the study uses {cfg.split_seed}; "
+            "test patients could have been seen in training",
+            gan_dir,
+        )
+    from mrict.translation.translate import load_generators
+
+    return load_generators(gan_dir, cfg.device if cfg.device != "auto" else None)
+
+
+def _seeds_and_fractions(
+    preset: str, seeds: int | Sequence[int] | None, seed: int, label_fractions: Sequence[float]
+) -> tuple[list[int], list[float]]:
+    """The segmenter seeds (a count from ``seed``, explicit seeds, or the preset's default)
+    and the label fractions, largest first; one-line errors for unusable values."""
+    if seeds is None:
+        seeds = preset_seeds(preset)
+    seed_list = list(range(seed, seed + int(seeds))) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise MrictError("--seeds must be at least 1")
+    fractions = sorted({float(f) for f in label_fractions}, reverse=True)
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        raise MrictError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
+    return seed_list, fractions
+
+
+def _start_folder(out: Path, data: Path, preset: str) -> None:
+    """Create the study folder and its marker (kept when continuing a study)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / STUDY_MARKER).is_file():
+        marker = {"kind": "mrict-study", "data": str(data.resolve()), "preset": preset}
+        atomic_write_text(out / STUDY_MARKER, json.dumps(marker, indent=1))
+    (out / "figures").mkdir(exist_ok=True)
+
+
+def _describe(
+    data: Path,
+    gan_dir: Path,
+    gan_meta: dict[str, Any],
+    preset: str,
+    seed_list: list[int],
+    fractions: list[float],
+    cfg: SegConfig,
+    splits: dict[str, dict[str, list[str]]],
+    part: dict[str, dict[str, SliceSet]],
+) -> dict[str, Any]:
+    """The study's description in ``results.json``: inputs, configuration, splits and the
+    size of every split, scenarios and the metric policy."""
+    return {
         "data": str(data),
         "gan_run": str(gan_dir),
         "preset": preset,
@@ -297,34 +304,8 @@ def run_study(
         "scenarios": SCENARIOS,
         "model_selection": SELECTION,
         "scenario_registry": {k: dataclasses.asdict(v) for k, v in REGISTRY.items()},
-        "runs": run_info,
         "metric_policy": POLICY,
-        "empty_counts": counts,
-        "timing_s": {"gan": round(t_gan, 1), "segmentation": round(t_seg, 1)},
-        "segmentation_processes": {"workers": n_workers, "threads_each": threads},
-        "cpu_threads": plan.as_dict(),
-        "platform": platform.platform(),
     }
-    _csv(summary, out / "results.csv")
-    _csv(rows, out / "per_patient.csv")
-    stage("figures and report")
-    from mrict.report.figures import make_figures
-    from mrict.report.html import write_report
-
-    figures = make_figures(
-        out / "figures", gens, part, targets, run_dirs, seed_list, fractions, summary
-    )
-    info["timing_s"]["total"] = round(time.time() - t0, 1)
-    doc = {
-        "info": info,
-        "summary": summary,
-        "tests": tests,
-        "translation": translation,
-        "per_patient": rows,
-    }
-    atomic_write_text(out / "results.json", json.dumps(_json_safe(doc), indent=1))
-    write_report(out / "report.html", _json_safe(doc), figures)
-    return out
 
 
 def _translation_metrics(gan_dir: Path, data: Path) -> dict[str, Any] | None:
