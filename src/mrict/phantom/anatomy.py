@@ -15,7 +15,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from mrict.phantom.atlas import CSF, GM, N_LABELS, NECROSIS, OEDEMA, TUMOUR, WM, atlas_slices
-from mrict.phantom.fractions import AtlasFractions, atlas_fractions, sample_fractions, smoothing_for
+from mrict.phantom.fractions import (
+    AtlasFractions,
+    GridIndex,
+    atlas_fractions,
+    grid_index,
+    sample_fractions,
+    smoothing_for,
+)
 from mrict.phantom.lesion import (
     SECOND_LESION_PROBABILITY,
     Lesion,
@@ -149,7 +156,7 @@ def make_patient(
             lesions.append(draw_lesion(rng, np.array([cz, *centre]), radius))
 
     fractions = np.empty((n_slices, N_LABELS, size, size), np.float32)
-    base = pose.atlas_coords(yy, xx)
+    base = grid_index(volume, *pose.atlas_coords(yy, xx))
     for k, z in enumerate(z_positions):
         fractions[k] = _slice_fractions(
             volume, pose, base, yy, xx, z, lesions, spacing, slice_spacing_mm, atlas_mm
@@ -246,7 +253,7 @@ def _place_slab(
 def _slice_fractions(
     volume: AtlasFractions,
     pose: _Pose,
-    base: tuple[np.ndarray, np.ndarray],
+    base: GridIndex,
     yy: np.ndarray,
     xx: np.ndarray,
     z_mm: float,
@@ -255,10 +262,11 @@ def _slice_fractions(
     thickness: float,
     atlas_mm: float,
 ) -> np.ndarray:
-    """Tissue fractions (12, N, N) float32 of one slice: the deformed atlas (``base``: the
-    atlas coordinates of the grid ``yy``, ``xx``), displaced by the lesions' mass effect
-    (applied in sequence, each within its reach), with each lesion's tissues mixed in."""
-    ys, xs = (c.copy() for c in base)
+    """Tissue fractions (12, N, N) float32 of one slice: the deformed atlas (``base``: where
+    the grid ``yy``, ``xx`` falls in it), displaced by the lesions' mass effect (each within
+    its reach; a later lesion's window replaces an earlier one's), with each lesion's
+    tissues mixed in."""
+    grid = base
     for lesion in lesions:
         _, cy, cx = lesion.centre_mm
         dz = z_mm - lesion.centre_mm[0]
@@ -271,8 +279,9 @@ def _slice_fractions(
         by, bx = yy[box], xx[box]
         d2 = (by - cy) ** 2 + (bx - cx) ** 2 + dz * dz
         g = 1.0 - lesion.mass_effect * np.exp(-d2 / (2 * radius * radius))
-        ys[box], xs[box] = pose.atlas_coords(cy + (by - cy) * g, cx + (bx - cx) * g, box)
-    atlas_f = sample_fractions(volume, z_mm / atlas_mm, ys, xs)
+        ys, xs = pose.atlas_coords(cy + (by - cy) * g, cx + (bx - cx) * g, box)
+        grid = grid.replace(*box, grid_index(volume, ys, xs))
+    atlas_f = sample_fractions(volume, z_mm / atlas_mm, grid)
     out = np.zeros((N_LABELS, *yy.shape), np.float32)
     out[: len(atlas_f)] = atlas_f
     for lesion in lesions:
