@@ -155,11 +155,21 @@ def make_patient(
         if centre is not None:
             lesions.append(draw_lesion(rng, np.array([cz, *centre]), radius))
 
-    fractions = np.empty((n_slices, N_LABELS, size, size), np.float32)
+    fractions = np.zeros((n_slices, N_LABELS, size, size), np.float32)
     base = grid_index(volume, *pose.atlas_coords(yy, xx))
     for k, z in enumerate(z_positions):
-        fractions[k] = _slice_fractions(
-            volume, pose, base, yy, xx, z, lesions, spacing, slice_spacing_mm, atlas_mm
+        _slice_fractions(
+            fractions[k],
+            volume,
+            pose,
+            base,
+            yy,
+            xx,
+            z,
+            lesions,
+            spacing,
+            slice_spacing_mm,
+            atlas_mm,
         )
     shape = (n_slices, size, size)
     texture = np.stack(
@@ -251,6 +261,7 @@ def _place_slab(
 
 
 def _slice_fractions(
+    out: np.ndarray,
     volume: AtlasFractions,
     pose: _Pose,
     base: GridIndex,
@@ -261,11 +272,11 @@ def _slice_fractions(
     spacing: float,
     thickness: float,
     atlas_mm: float,
-) -> np.ndarray:
-    """Tissue fractions (12, N, N) float32 of one slice: the deformed atlas (``base``: where
-    the grid ``yy``, ``xx`` falls in it), displaced by the lesions' mass effect (each within
-    its reach; a later lesion's window replaces an earlier one's), with each lesion's
-    tissues mixed in."""
+) -> None:
+    """Tissue fractions of one slice into ``out`` (12, N, N) float32, zero on entry: the
+    deformed atlas (``base``: where the grid ``yy``, ``xx`` falls in it), displaced by the
+    lesions' mass effect (each within its reach; a later lesion's window replaces an
+    earlier one's), with each lesion's tissues mixed in."""
     grid = base
     for lesion in lesions:
         _, cy, cx = lesion.centre_mm
@@ -281,12 +292,9 @@ def _slice_fractions(
         g = 1.0 - lesion.mass_effect * np.exp(-d2 / (2 * radius * radius))
         ys, xs = pose.atlas_coords(cy + (by - cy) * g, cx + (bx - cx) * g, box)
         grid = grid.replace(*box, grid_index(volume, ys, xs))
-    atlas_f = sample_fractions(volume, z_mm / atlas_mm, grid)
-    out = np.zeros((N_LABELS, *yy.shape), np.float32)
-    out[: len(atlas_f)] = atlas_f
+    sample_fractions(volume, z_mm / atlas_mm, grid, out=out)
     for lesion in lesions:
         _mix_lesion(out, lesion, yy, xx, z_mm, spacing, thickness)
-    return out
 
 
 def _box(

@@ -100,19 +100,27 @@ def grid_index(atlas: AtlasFractions, ys: np.ndarray, xs: np.ndarray) -> GridInd
 
 
 def sample_fractions(
-    atlas: AtlasFractions, z: float, ys: np.ndarray | GridIndex, xs: np.ndarray | None = None
+    atlas: AtlasFractions,
+    z: float,
+    ys: np.ndarray | GridIndex,
+    xs: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Trilinear sample of the atlas fractions at atlas slice ``z`` (fractional index) and
     atlas pixel coordinates ``ys``, ``xs`` (H, W), or a precomputed :class:`GridIndex`;
-    positions outside the atlas are air. Returns (9, H, W) float32 fractions summing to 1."""
+    positions outside the atlas are air. Returns (9, H, W) float32 fractions summing to 1,
+    written into ``out`` ((>= 9, H, W) float32, zero beyond its first 9 channels) if given."""
     grid = ys if isinstance(ys, GridIndex) else grid_index(atlas, ys, xs)
     n_z = atlas.values.shape[0]
     z = float(np.clip(z, 0, n_z - 1))
     z0 = min(int(np.floor(z)), n_z - 2)
     wz = np.float32(z - z0)
     idx, w = grid.idx, atlas.width
-    out = np.zeros((N_ATLAS_LABELS, idx.size), np.float32)
-    out[0] = 1.0
+    if out is None:
+        out = np.zeros((N_ATLAS_LABELS, *grid.shape), np.float32)
+    flat = out.reshape(out.shape[0], -1)[:N_ATLAS_LABELS]
+    flat[:] = 0.0
+    flat[0] = 1.0
     busy = np.flatnonzero(~(atlas.pure_air[z0][idx] & atlas.pure_air[z0 + 1][idx]))
     if busy.size:
         plane = atlas.values[z0] * (1 - wz) + atlas.values[z0 + 1] * wz
@@ -122,5 +130,5 @@ def sample_fractions(
         bottom = np.take(plane, i + w, axis=1)
         bottom += (np.take(plane, i + w + 1, axis=1) - bottom) * wx
         top += (bottom - top) * wy
-        out[:, busy] = top
-    return out.reshape(N_ATLAS_LABELS, *grid.shape)
+        flat[:, busy] = top
+    return out[:N_ATLAS_LABELS]
