@@ -331,13 +331,8 @@ class _SegRun:
         init_digest: str,
         ckpt: dict[str, Any] | None,
     ) -> None:
-        self.out, self.config, self.seed, self.d, self.init_digest = (
-            out,
-            config,
-            seed,
-            d,
-            init_digest,
-        )
+        self.out, self.config, self.seed = out, config, seed
+        self.d, self.init_digest = d, init_digest
         seed_everything(seed)
         self.device = pick_device(config.device)
         self.precision = resolve_precision(self.device, config.precision)
