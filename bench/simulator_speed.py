@@ -7,7 +7,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mrict.phantom.simulate import SimulationParams, _render_patient, simulate_dataset
+from mrict.phantom.simulate import (
+    SimulationParams,
+    _render_patient,
+    default_workers,
+    simulate_dataset,
+)
 
 
 def bench_simulator(
@@ -35,10 +40,8 @@ def bench_simulator(
             progress=False,
         )
         e2e_s = time.perf_counter() - start
-    import os
-
     return {
-        "workers": min(4, os.cpu_count() or 1),
+        "workers": default_workers(),
         "size": size,
         "slices": n,
         "render_slices_per_s": n / render_s,

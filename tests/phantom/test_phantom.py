@@ -382,3 +382,10 @@ def test_simulate_cli_and_errors(tmp_path, capsys):
     assert "unknown --format" in capsys.readouterr().err
     assert run(["simulate", str(tmp_path / "f"), "--size", "8"]) == 2
     assert not (tmp_path / "f").exists() and not list(tmp_path.glob(".f.partial*"))
+    assert run(["simulate", str(tmp_path / "g"), "--slice-spacing", "9"]) == 2
+    assert "--slice-spacing must be between 1 and 5 mm" in capsys.readouterr().err
+    too_many = ["--slices-per-patient", "30", "--slice-spacing", "3"]
+    assert run(["simulate", str(tmp_path / "h"), *too_many]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "at most 24" in err and "Traceback" not in err
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()

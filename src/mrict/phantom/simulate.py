@@ -93,6 +93,11 @@ class SimulationParams:
             raise MrictError("--tumour-free-fraction must be in [0, 1]")
 
 
+def default_workers() -> int:
+    """Rendering processes when none is asked for: the CPU count, at most 4."""
+    return min(4, os.cpu_count() or 1)
+
+
 def _rng(seed: int, group: str, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, _GROUP_CODES[group], index, stream])
 
@@ -138,7 +143,7 @@ def _render_patient(params: SimulationParams, group: str, index: int) -> dict[st
             ]
         )
         out["ct_protocol"] = protocol
-    anatomy.release()  # the fractions are large; only masks and labels leave this process
+    anatomy.release()  # the fractions are large; only masks and parameters leave this process
     return out
 
 
@@ -315,7 +320,7 @@ def simulate_dataset(
     try:
         with bar:
             task = bar.add_task("simulate", total=len(jobs))
-            n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+            n_workers = workers if workers is not None else default_workers()
             for result in _results(params, staging, jobs, n_workers):
                 manifest["patients"].append(result["entry"])
                 if result["preview"] is not None and len(previews) < 3:
