@@ -194,8 +194,9 @@ def stage_evaluate(
         "per_patient": rows,
     }
     write_csv(summary, out / "results.csv")
-    atomic_write_text(out / "results.json", json.dumps(json_safe(doc), indent=1))
-    return json_safe(doc)
+    safe = json_safe(doc)
+    atomic_write_text(out / "results.json", json.dumps(safe, indent=1))
+    return safe
 
 
 def run_dirs_of(train: dict[str, Any]) -> dict[tuple[str, str, float, int], Path]:
