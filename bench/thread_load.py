@@ -3,7 +3,8 @@
 ``python -m bench.thread_load KIND THREADS SECONDS OUT_JSON [DATA]``: KIND ``seg`` (the
 quick U-Net step, batch 8 at 96 px, fp32) or ``gan`` (``train_cyclegan`` with the quick
 preset on DATA); THREADS ``default`` (PyTorch's own choice), ``auto`` (mrict's thread
-policy, :mod:`mrict.runtime.threads`) or a number. After a warm-up it writes
+policy, :mod:`mrict.runtime.threads`, followed after every step as the trainers do) or a
+number. After a warm-up it writes
 ``OUT_JSON.ready``, trains for SECONDS (SECONDS <= 0: until ``OUT_JSON.stop`` exists) and
 writes the monotonic clock time of every step's end (comparable between processes) to
 OUT_JSON.
@@ -38,10 +39,17 @@ def _threads(mode: str) -> dict:
     return {"threads": plan.threads, "source": plan.source, "busy": plan.busy_cpus}
 
 
+def _used(info: dict) -> dict:
+    from mrict.runtime.threads import threads_used
+
+    return {**info, "used": threads_used() if info["source"] != "torch default" else []}
+
+
 def _seg(seconds: float, out: Path) -> tuple[list[float], int]:
     import torch
 
     from mrict.config import resolve_config
+    from mrict.runtime.threads import follow_load
     from mrict.segmentation.config import SEG_PRESETS, SegConfig
     from mrict.segmentation.losses import DiceBCELoss
     from mrict.segmentation.model import build_unet
@@ -62,6 +70,7 @@ def _seg(seconds: float, out: Path) -> tuple[list[float], int]:
     while not _finished(out, end):
         float(train_step(model, loss, opt, x, y, dev, "fp32"))
         stamps.append(time.monotonic())
+        follow_load()  # as the trainer's loop does after every step
     return stamps, cfg.batch_size
 
 
@@ -99,7 +108,7 @@ def main(argv: list[str]) -> None:
         stamps, images = _seg(float(seconds), Path(out))
     else:
         stamps, images = _gan(float(seconds), Path(out), argv[4])
-    Path(out).write_text(json.dumps({**info, "stamps": stamps, "images_per_step": images}))
+    Path(out).write_text(json.dumps({**_used(info), "stamps": stamps, "images_per_step": images}))
 
 
 if __name__ == "__main__":

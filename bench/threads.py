@@ -6,9 +6,12 @@ already running. The pair's aggregate images/s over the time both ran is compare
 solo images/s of the same kind; solo and pair runs alternate, ``rounds`` times.
 
 Policies: ``default`` is PyTorch's own (one thread per core in every process, what mrict
-did before :mod:`mrict.runtime.threads`); ``auto`` is mrict's (cores not busy at start);
-``foreign+auto`` is a default-threaded job already running when an mrict job starts;
-``1+1`` two 1-thread processes (the study's segmenter workers).
+did before :mod:`mrict.runtime.threads`); ``passive`` the same with
+``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep at once instead of spinning at a
+barrier); ``auto`` is mrict's (cores not busy at start, then followed while training, so
+the job already running gives a core up); ``foreign+auto`` is a default-threaded job
+already running when an mrict job starts; ``1+1`` two 1-thread processes (the study's
+segmenter workers).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from bench.common import Result, Settings, make_dataset, median
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {
     "default": ("default", "default"),
+    "passive": ("passive", "passive"),
     "auto": ("auto", "auto"),
     "foreign+auto": ("default", "auto"),
     "1+1": ("1", "1"),
@@ -34,8 +38,10 @@ PAIRS = {
 
 def _start(kind: str, mode: str, seconds: float, out: Path, data: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for var in ("OMP_NUM_THREADS", "MRICT_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MRICT_THREADS", "OMP_WAIT_POLICY"):
         env.pop(var, None)
+    if mode == "passive":  # read by OpenMP when the process starts
+        env["OMP_WAIT_POLICY"], mode = "PASSIVE", "default"
     cmd = [sys.executable, "-m", "bench.thread_load", kind, mode, str(seconds), str(out), data]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -91,6 +97,12 @@ def pair(kind: str, modes: tuple[str, str], seconds: float, work: Path, data: st
     return sum(rates), ra, rb
 
 
+def _threads(r: dict) -> str:
+    """The threads a load process used: ``2`` or, where the load changed it, ``2>1``."""
+    used = r.get("used") or [r["threads"]]
+    return ">".join(str(n) for n in used)
+
+
 def run(s: Settings) -> Result:
     res = Result(
         "threads", "Two trainers on one CPU: aggregate throughput of the pair vs one alone"
@@ -105,18 +117,19 @@ def run(s: Settings) -> Result:
         if "gan" in kinds:
             data = str(make_dataset(work / "data", 8, 8, 96, s.seed, fmt="png"))
         for kind in kinds:
-            solos: dict[str, list[float]] = {"default": [], "auto": []}
+            modes = ["default", "auto"] if s.tiny else ["default", "passive", "auto"]
+            solos: dict[str, list[float]] = {m: [] for m in modes}
             aggs: dict[str, list[float]] = {p: [] for p in pairs}
             used: dict[str, str] = {}
             for _ in range(rounds):
                 for mode in solos:
                     rate, r = solo(kind, mode, seconds, work, data)
                     solos[mode].append(rate)
-                    used[f"solo {mode}"] = str(r["threads"])
+                    used[f"solo {mode}"] = _threads(r)
                 for name in pairs:
                     agg, ra, rb = pair(kind, PAIRS[name], seconds, work, data)
                     aggs[name].append(agg)
-                    used[name] = f"{ra['threads']}+{rb['threads']}"
+                    used[name] = f"{_threads(ra)}+{_threads(rb)}"
             base = median(solos["default"])
             what = (
                 "U-Net step (quick, batch 8, 96 px, fp32)"
@@ -147,6 +160,7 @@ def run(s: Settings) -> Result:
             res.values[f"{kind}_solo_auto_ratio"] = median(solos["auto"]) / base
     res.notes.append(
         f"{seconds:.0f} s per run, {rounds} round(s), solo and pair alternating; "
-        "images/s of a pair = sum of both processes while both ran"
+        "images/s of a pair = sum of both processes while both ran; threads 2>1: the "
+        "load follower changed the count during the run"
     )
     return res

@@ -20,6 +20,8 @@ def torch_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Restore torch's intra-op thread count and the applied plan after the test."""
     before = torch.get_num_threads()
     monkeypatch.setattr(th, "_APPLIED", th._APPLIED)
+    monkeypatch.setattr(th, "_FOLLOWER", th._FOLLOWER)
+    monkeypatch.setattr(th, "_USED", list(th._USED))
     try:
         yield
     finally:
@@ -226,6 +228,130 @@ def test_apply_and_current_plan(torch_threads) -> None:
     torch.set_num_threads(2)
     plan = th.apply_thread_plan(th.ThreadPlan(1, "option", 2, None))
     assert torch.get_num_threads() == 1 and th.current_plan() is plan
+
+
+# --- following the load while training ------------------------------------------------------
+
+
+class FakeCores:
+    """Two CPUs in a fake /proc/stat, a wall clock and this process's CPU clock that the
+    test advances: ``tick(busy0, busy1, own)`` = one second with CPU n busy ``busyn`` of it
+    (user time) and this process using ``own`` CPU-seconds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.wall, self.own = path, 0.0, 0.0
+        self.jiffies = {0: [0, 0, 0, 0, 0, 0, 0, 0], 1: [0, 0, 0, 0, 0, 0, 0, 0]}
+        self._write()
+
+    def _write(self) -> None:
+        self.path.write_text(stat_text({n: tuple(v) for n, v in self.jiffies.items()}))
+
+    def tick(self, busy0: float, busy1: float, own: float) -> None:
+        for cpu, busy in ((0, busy0), (1, busy1)):
+            self.jiffies[cpu][0] += round(100 * busy)
+            self.jiffies[cpu][3] += 100 - round(100 * busy)
+        self.wall += 1.0
+        self.own += own
+        self._write()
+
+    def follower(self, threads: int, **kw) -> th.LoadFollower:
+        return th.LoadFollower(
+            2,
+            threads,
+            cpus=[0, 1],
+            stat=self.path,
+            clock=lambda: self.wall,
+            cpu_clock=lambda: self.own,
+            **kw,
+        )
+
+
+def test_follower_gives_a_core_up_when_another_job_arrives(tmp_path: Path) -> None:
+    cores = FakeCores(tmp_path / "stat")
+    f = cores.follower(2)
+    f.subtract_own = True
+    assert f.poll() is None  # no time has passed: nothing read
+    cores.tick(1.0, 1.0, own=2.0)  # alone, both cores ours
+    assert f.poll() is None and f.others == pytest.approx(0.0)
+    cores.tick(1.0, 1.0, own=1.0)  # another process took one core's worth
+    assert f.poll() == 1 and f.others == pytest.approx(1.0) and f.threads == 1
+    cores.tick(1.0, 1.0, own=1.0)  # steady pair: keep one
+    assert f.poll() is None
+
+
+def test_follower_raises_only_after_the_cores_stay_free(tmp_path: Path) -> None:
+    cores = FakeCores(tmp_path / "stat")
+    f = cores.follower(1, raise_after=3)
+    f.subtract_own = True
+    cores.tick(1.0, 0.0, own=1.0)
+    assert f.poll() is None  # free core seen once
+    cores.tick(1.0, 0.0, own=1.0)
+    assert f.poll() is None  # twice
+    cores.tick(1.0, 1.0, own=1.0)  # the other job is back: the count starts again
+    assert f.poll() is None
+    for expected in (None, None, 2):
+        cores.tick(1.0, 0.1, own=1.0)
+        assert f.poll() == expected
+    assert f.threads == 2
+
+
+def test_follower_checks_once_per_interval(tmp_path: Path) -> None:
+    cores = FakeCores(tmp_path / "stat")
+    f = cores.follower(2, interval_s=2.0)
+    f.subtract_own = True
+    cores.tick(1.0, 1.0, own=1.0)
+    assert f.poll() is None and f.others is None  # 1 s < 2 s: not measured
+    cores.tick(1.0, 1.0, own=1.0)
+    assert f.poll() == 1 and f.others == pytest.approx(1.0)  # averaged over the 2 s
+
+
+def test_follower_of_a_niced_process_does_not_subtract_its_own_time(tmp_path: Path) -> None:
+    """A niced process's own time is nice time, not in the busy count: subtracting it
+    would hide the other job."""
+    cores = FakeCores(tmp_path / "stat")
+    f = cores.follower(2)
+    f.subtract_own = False
+    cores.tick(1.0, 0.0, own=1.0)  # one core busy with someone else (ours is nice time)
+    assert f.poll() == 1 and f.others == pytest.approx(1.0)
+
+
+def test_follower_without_proc_stat_keeps_the_count(tmp_path: Path) -> None:
+    clock = iter([0.0, 5.0, 10.0])
+    f = th.LoadFollower(2, 2, cpus=[0], stat=tmp_path / "missing", clock=lambda: next(clock))
+    assert f.poll() is None and f.threads == 2
+
+
+def test_follow_load_only_under_an_auto_plan(torch_threads, capsys, monkeypatch) -> None:
+    torch.set_num_threads(2)
+    th.apply_thread_plan(th.ThreadPlan(2, "option", 2, None))
+    assert th._FOLLOWER is None and th.follow_load() is None
+    th.apply_thread_plan(th.ThreadPlan(2, "auto", 2, 0.0))
+    assert th._FOLLOWER is not None and th.threads_used() == [2]
+    monkeypatch.setattr(th._FOLLOWER, "poll", lambda: None)
+    assert th.follow_load() is None and torch.get_num_threads() == 2
+    monkeypatch.setattr(th._FOLLOWER, "poll", lambda: 1)
+    th._FOLLOWER.others = 1.2
+    assert th.follow_load() == 1 and torch.get_num_threads() == 1
+    assert th.threads_used() == [2, 1]
+    err = capsys.readouterr().err
+    assert "CPU threads 2 -> 1 (1.2 of 2 cores busy with other processes)" in err
+    th.apply_thread_plan(th.ThreadPlan(2, "auto", 2, 0.0), follow=False)
+    assert th._FOLLOWER is None and th.threads_used() == [2]
+
+
+def test_training_loop_follows_the_load_after_every_step(tmp_path: Path, monkeypatch) -> None:
+    from mrict.runtime import harness
+
+    calls: list[int] = []
+    monkeypatch.setattr(harness, "follow_load", lambda: calls.append(1))
+    loop = harness.TrainingLoop(
+        total=4,
+        save=lambda step: None,
+        checkpoint_json=tmp_path / "c.json",
+        resume_command="x",
+        progress=False,
+    )
+    assert loop.run(lambda step: True) == 4 and len(calls) == 4
 
 
 # --- the CLI ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from mrict.errors import MrictError
 from mrict.runtime.interrupt import TrainingInterrupted, stop_on_signals
 from mrict.runtime.numerics import LossGuard, nonfinite_terms
 from mrict.runtime.progress import progress_bar
+from mrict.runtime.threads import follow_load
 
 
 def _this_rank(flag: bool) -> bool:
@@ -32,7 +33,8 @@ class TrainingLoop:
     """Run steps ``start + 1 .. total``.
 
     After every step: a checkpoint (``save(step)``) every ``checkpoint_every`` steps but
-    not at the last, then ``on_step(step)``, then, if SIGINT/SIGTERM arrived (on any rank:
+    not at the last, then ``on_step(step)``, then the CPU thread count follows the load
+    (:func:`mrict.runtime.threads.follow_load`, automatic thread plans only), then, if SIGINT/SIGTERM arrived (on any rank:
     ``any_rank``), a checkpoint (unless one was just written) and
     :class:`TrainingInterrupted` naming ``resume_command``. ``save`` is collective under
     DDP; ``any_rank`` must then reduce over ranks, so every rank decides alike.
@@ -119,6 +121,7 @@ class TrainingLoop:
                     self.save(step)
                 if self.on_step is not None:
                     self.on_step(step)
+                follow_load()
                 if step < self.total and self.any_rank(bool(stop)):
                     if not periodic:
                         self.save(step)

@@ -1,11 +1,16 @@
-"""CPU thread policy: how many intra-op threads a process uses, chosen once at start.
+"""CPU thread policy: how many intra-op threads a process uses, chosen at start and, when
+automatic, followed while a training runs.
 
 PyTorch's CPU kernels parallelise with OpenMP; by default every process uses one thread
 per core. When two such processes share the cores, their OpenMP barriers wait on threads
 that the other process has descheduled, and both slow down many times over (measured in
 ``bench/threads.py``: two 2-thread U-Net trainers on 2 cores ran 8x slower each). mrict
 therefore counts the cores it may use (CPU affinity and cgroup quota), subtracts the
-cores other processes keep busy at start, and uses at least one thread.
+cores other processes keep busy at start, and uses at least one thread. A job that was
+alone when it started would keep all cores after a second one arrives, so training loops
+call :func:`follow_load` after every step: about once a second it measures the cores
+other processes used (all busy time minus this process's own CPU time) and lowers the
+count at once, or raises it after the cores stayed free for several seconds.
 
 Order of precedence: ``--threads`` / ``MRICT_THREADS`` (a number, or ``auto``), then
 ``OMP_NUM_THREADS`` (left to PyTorch), then ``auto``. Results are bit-identical for the
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +137,12 @@ def busy_cpus(
     if not before:
         return None
     time.sleep(sample_s)
-    after = _cpu_times(cpus, stat) or {}
+    return _busy_between(before, _cpu_times(cpus, stat) or {})
+
+
+def _busy_between(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """Busy cores between two :func:`_cpu_times` samples (CPUs that made no progress, or
+    are missing from ``after``, count as idle)."""
     busy = 0.0
     for cpu, (b0, t0) in before.items():
         if cpu in after and after[cpu][1] > t0:
@@ -184,18 +196,130 @@ def plan_threads(option: str | int | None = None) -> ThreadPlan:
     return ThreadPlan(auto_threads(usable, busy), "auto", usable, busy)
 
 
+def _niced() -> bool:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0) > 0
+    except (AttributeError, OSError):
+        return False
+
+
+class LoadFollower:
+    """Re-plans an automatic thread count from the load other processes put on the cores.
+
+    ``poll()`` is cheap between checks; every ``interval_s`` seconds it reads
+    ``/proc/stat`` and this process's CPU time and returns a new thread count, or None to
+    keep the current one. Other processes' load (in cores) is the busy time of the usable
+    CPUs minus this process's own CPU time over the interval (a niced process's own time
+    is not in the busy count and is not subtracted). Fewer free cores lower the count at
+    the next check; more free cores raise it only after ``raise_after`` checks in a row,
+    so a short pause of another job does not make two jobs fight over the cores.
+    """
+
+    def __init__(
+        self,
+        usable: int,
+        threads: int,
+        *,
+        interval_s: float = 1.0,
+        raise_after: int = 3,
+        cpus: list[int] | None = None,
+        stat: Path = Path("/proc/stat"),
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.process_time,
+    ) -> None:
+        self.usable, self.threads = usable, threads
+        self.interval_s, self.raise_after = interval_s, raise_after
+        self.cpus = affinity_cpus() if cpus is None else cpus
+        self.stat, self.clock, self.cpu_clock = stat, clock, cpu_clock
+        self.subtract_own = not _niced()
+        self.others: float | None = None  # last measured load of other processes, cores
+        self._want_more = 0
+        self._sample = self._take()
+
+    def _take(self) -> tuple[float, float, dict[int, tuple[int, int]] | None]:
+        return self.clock(), self.cpu_clock(), _cpu_times(self.cpus, self.stat)
+
+    def _others(self, old: tuple, new: tuple) -> float | None:
+        (w0, c0, t0), (w1, c1, t1) = old, new
+        if not t0 or not t1 or w1 <= w0:
+            return None
+        busy = _busy_between(t0, t1)
+        own = (c1 - c0) / (w1 - w0) if self.subtract_own else 0.0
+        return max(0.0, busy - own)
+
+    def poll(self) -> int | None:
+        """A new thread count if the load asks for one, else None."""
+        if self.clock() - self._sample[0] < self.interval_s:
+            return None
+        new = self._take()
+        others, self._sample = self._others(self._sample, new), new
+        if others is None:
+            return None
+        self.others = others
+        want = auto_threads(self.usable, others)
+        if want > self.threads:
+            self._want_more += 1
+            if self._want_more < self.raise_after:
+                return None
+        self._want_more = 0
+        if want == self.threads:
+            return None
+        self.threads = want
+        return want
+
+
 _APPLIED: ThreadPlan | None = None
+_FOLLOWER: LoadFollower | None = None
+_USED: list[int] = []
 
 
-def apply_thread_plan(plan: ThreadPlan) -> ThreadPlan:
-    """Set PyTorch's intra-op thread count to ``plan.threads``; remember the plan."""
-    global _APPLIED
+def apply_thread_plan(plan: ThreadPlan, follow: bool = True) -> ThreadPlan:
+    """Set PyTorch's intra-op thread count to ``plan.threads``; remember the plan. An
+    automatic plan is then followed by :func:`follow_load` (unless ``follow`` is False)."""
+    global _APPLIED, _FOLLOWER
     import torch
 
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
     _APPLIED = plan
+    _USED[:] = [plan.threads]
+    _FOLLOWER = (
+        LoadFollower(plan.usable_cpus, plan.threads) if follow and plan.source == "auto" else None
+    )
     return plan
+
+
+def follow_load() -> int | None:
+    """Under an automatic plan, adapt the thread count to the current load (see
+    :class:`LoadFollower`; a no-op between checks and under any other plan). Returns the
+    new count when it changed, and says so on stderr."""
+    if _FOLLOWER is None:
+        return None
+    new = _FOLLOWER.poll()
+    if new is None:
+        return None
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(new)
+    if new not in _USED:
+        _USED.append(new)
+    print(
+        f"mrict: CPU threads {old} -> {new} "
+        f"({_FOLLOWER.others:.1f} of {_FOLLOWER.usable} cores busy with other processes)",
+        file=sys.stderr,
+    )
+    return new
+
+
+def threads_used() -> list[int]:
+    """The thread counts this process has used since its plan was applied, in order of
+    first use (one entry unless the load changed it); PyTorch's count when none was."""
+    if _USED:
+        return list(_USED)
+    import torch
+
+    return [torch.get_num_threads()]
 
 
 def current_plan() -> ThreadPlan:

@@ -15,6 +15,7 @@ from mrict.config import config_to_dict
 from mrict.data.datasets import SliceSet
 from mrict.runtime.checkpoint import save_checkpoint
 from mrict.runtime.harness import TrainingLoop
+from mrict.runtime.threads import threads_used
 from mrict.segmentation.config import SegConfig
 from mrict.segmentation.history import plot_history, write_history
 from mrict.segmentation.inputs import describe_inputs
@@ -138,6 +139,7 @@ def model_meta(
         "val_patients": len(d.val.patients()) if d.val is not None else 0,
         "skipped_steps": loop.guard.skipped,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_used": threads_used(),
     }
 
 

@@ -18,6 +18,7 @@ from mrict.runtime import distributed as dist
 from mrict.runtime.checkpoint import load_module_state, save_checkpoint
 from mrict.runtime.device import grad_scaler
 from mrict.runtime.seed import rng_state
+from mrict.runtime.threads import threads_used
 from mrict.translation.config import GanConfig
 from mrict.translation.data import UnpairedData
 from mrict.translation.lesion import CycleSegmenters, LesionReference, lesion_reference
@@ -195,6 +196,7 @@ def save_generators(
         "image_size": config.image_size,
         "config": config_to_dict(config),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_used": threads_used(),
         **extra,
     }
     full = state if state is not None else gens.state_dict()
