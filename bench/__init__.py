@@ -33,9 +33,10 @@ BENCHMARKS: dict[str, str] = {
     "fast_layers": "bench.fast_layers",
     "quality": "bench.quality",
     "time_to_quality": "bench.time_to_quality",
+    "stages_under_load": "bench.stages_under_load",
 }
-#: run only when asked for by name (they train models to convergence-relevant lengths)
-OPTIONAL = frozenset({"quality", "time_to_quality"})
+#: run only when asked for by name (they train models for minutes)
+OPTIONAL = frozenset({"quality", "time_to_quality", "stages_under_load"})
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -70,6 +71,22 @@ def test_threads_benchmark_tiny():
     assert _positive(r.values["seg_pair_auto_ratio"]) and _positive(r.values["seg_solo_auto_ratio"])
 
 
+def test_stages_under_load_tiny():
+    """Both demo stages run through the CLI alone and under the foreign load; every time
+    and ratio is recorded, with the threads the stage processes used."""
+    r = run_one("stages_under_load", TINY)
+    assert [row["stage"].split(":")[0] for row in r.rows] == ["CycleGAN", "segmenters"]
+    for key, row in zip(("gan", "study"), r.rows, strict=True):
+        assert _positive(row["alone s"]) and _positive(row["under load s"])
+        assert row["ratio"] == pytest.approx(row["under load s"] / row["alone s"])
+        assert r.values[f"{key}_ratio"] == row["ratio"]
+        assert row["threads alone"] and row["threads under load"]
+        assert row["thread changes alone/load"].count("/") == 1
+    assert r.rows[1]["threads alone"].count("x") == 1  # processes x threads each
+    assert r.values["load_threads"] >= 1
+    assert _positive(r.values["study_train_alone_s"]) and _positive(r.values["study_train_load_s"])
+
+
 def test_time_to_quality_tiny():
     """Every scoring point of the run gets a time; the times grow with the iterations."""
     r = run_one("time_to_quality", TINY)
@@ -120,3 +137,17 @@ def test_cli_bench(tmp_path, capsys):
     out = tmp_path / "r.md"
     assert run(["bench", "--tiny", "--only", "data", "--out", str(out)]) == 0
     assert "### Data: simulator and DICOM reading" in out.read_text()
+
+
+def test_cli_help_names_every_benchmark():
+    """`mrict bench --only` lists every benchmark the suite has."""
+    import bench
+    from mrict.commands.bench import bench_command
+
+    text = next(
+        p.default.help
+        for n, p in inspect.signature(bench_command).parameters.items()
+        if n == "only"
+    )
+    for name in bench.BENCHMARKS:
+        assert name in text

@@ -27,8 +27,9 @@ def bench_command(
     only: list[str] = typer.Option(
         [],
         "--only",
-        help="Run only this benchmark (repeatable): cyclegan, inference, "
-        "segmentation, data, scaling, quality (quality runs only when named).",
+        help="Run only this benchmark (repeatable): cyclegan, inference, segmentation, "
+        "data, scaling, threads, fast_layers, quality, time_to_quality, stages_under_load "
+        "(the last three run only when named).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Results file to append to (default bench/RESULTS.md)."
