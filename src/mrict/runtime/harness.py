@@ -34,10 +34,11 @@ class TrainingLoop:
 
     After every step: a checkpoint (``save(step)``) every ``checkpoint_every`` steps but
     not at the last, then ``on_step(step)``, then the CPU thread count follows the load
-    (:func:`mrict.runtime.threads.follow_load`, automatic thread plans only), then, if SIGINT/SIGTERM arrived (on any rank:
-    ``any_rank``), a checkpoint (unless one was just written) and
-    :class:`TrainingInterrupted` naming ``resume_command``. ``save`` is collective under
-    DDP; ``any_rank`` must then reduce over ranks, so every rank decides alike.
+    (:func:`mrict.runtime.threads.follow_load`, automatic thread plans only), then, if
+    SIGINT/SIGTERM arrived (on any rank: ``any_rank``), a checkpoint (unless one was just
+    written) and :class:`TrainingInterrupted` naming ``resume_command``. ``save`` is
+    collective under DDP; ``any_rank`` must then reduce over ranks, so every rank decides
+    alike.
     ``nonfinite`` / ``skipped``: the loss policy ("stop" or "skip") and the steps skipped
     before a resume. ``progress``: show a bar titled ``title`` (``persistent``: keep it
     on screen after the run, with the elapsed time).
