@@ -6,10 +6,12 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -205,3 +207,32 @@ def make_dataset(
         progress=False,
         workers=1,
     )
+
+
+#: thread settings a benchmark's child process must not inherit (each chooses its own)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MRICT_THREADS", "OMP_WAIT_POLICY")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a benchmark child: the repository first on
+    ``PYTHONPATH`` (so ``bench`` imports), none of :data:`THREAD_VARS`, plus ``extra``."""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
+    }
+    for var in THREAD_VARS:
+        env.pop(var, None)
+    return {**env, **extra}
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``path`` exists. RuntimeError (with the end of ``proc``'s stderr) if the
+    process exits first, or after ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"load process failed: {proc.stderr.read()[-500:]}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError("load process did not warm up")
+        time.sleep(0.05)

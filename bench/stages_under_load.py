@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import Result, Settings, load_average
+from bench.common import Result, Settings, child_env, load_average, wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 #: printed by :func:`mrict.runtime.threads.follow_load` whenever it changes the count
@@ -52,26 +52,17 @@ TINY_SEG = {
 }
 
 
-def _env(cache: Path | None = None) -> dict[str, str]:
-    """The environment of a child: this one without thread settings (so the auto policy,
-    or PyTorch's default, applies), ``bench`` importable, its own slice cache."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-    }
-    for var in ("MRICT_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
-        env.pop(var, None)
-    if cache is not None:
-        env["MRICT_CACHE_DIR"] = str(cache)
-    return env
-
-
 def _cli(args: list[str], cache: Path, timeout: float = 900) -> tuple[float, str]:
     """Run ``mrict ARGS`` in a child process; its wall-clock seconds and stderr."""
     cmd = [sys.executable, "-m", "mrict.cli", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=timeout
+        cmd,
+        cwd=REPO,
+        env=child_env(MRICT_CACHE_DIR=str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -93,16 +84,10 @@ def foreign_load(
     cmd = [sys.executable, "-m", "bench.stages_under_load", str(ready), str(stop), str(size)]
     cmd.append(str(nice))
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        t0 = time.monotonic()
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"load process failed: {proc.stderr.read()[-500:]}")
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError("load process did not warm up")
-            time.sleep(0.05)
+        wait_for_file(ready, proc, timeout)
         time.sleep(settle_s)  # at full speed when the stage looks at the load
         yield int(ready.read_text() or 0)
     finally:

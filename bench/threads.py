@@ -17,14 +17,13 @@ segmenter workers).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Result, Settings, make_dataset, median
+from bench.common import Result, Settings, child_env, make_dataset, median, wait_for_file
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {
@@ -37,25 +36,13 @@ PAIRS = {
 
 
 def _start(kind: str, mode: str, seconds: float, out: Path, data: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for var in ("OMP_NUM_THREADS", "MRICT_THREADS", "OMP_WAIT_POLICY"):
-        env.pop(var, None)
+    env = child_env()
     if mode == "passive":  # read by OpenMP when the process starts
         env["OMP_WAIT_POLICY"], mode = "PASSIVE", "default"
     cmd = [sys.executable, "-m", "bench.thread_load", kind, mode, str(seconds), str(out), data]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-
-
-def _wait_ready(out: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    t0 = time.monotonic()
-    while not Path(f"{out}.ready").exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"load process failed: {proc.stderr.read()[-500:]}")
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError("load process did not warm up")
-        time.sleep(0.05)
 
 
 def _finish(proc: subprocess.Popen, out: Path) -> dict:
@@ -86,7 +73,7 @@ def pair(kind: str, modes: tuple[str, str], seconds: float, work: Path, data: st
         for suffix in (".ready", ".stop"):
             Path(f"{p}{suffix}").unlink(missing_ok=True)
     a = _start(kind, modes[0], 0, a_out, data)
-    _wait_ready(a_out, a)
+    wait_for_file(Path(f"{a_out}.ready"), a, timeout=300)
     time.sleep(1.0)  # the first job is at full speed when the second one looks at the load
     b = _start(kind, modes[1], seconds, b_out, data)
     rb = _finish(b, b_out)
