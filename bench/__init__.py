@@ -30,7 +30,6 @@ BENCHMARKS: dict[str, str] = {
     "data": "bench.data_io",
     "scaling": "bench.scaling",
     "threads": "bench.threads",
-    "fast_layers": "bench.fast_layers",
     "quality": "bench.quality",
     "time_to_quality": "bench.time_to_quality",
     "stages_under_load": "bench.stages_under_load",

@@ -20,6 +20,7 @@ import torch
 from bench.common import Result, Settings, make_dataset, median, sync, time_call
 from bench.flops import count_flops, peak_matmul_flops
 from bench.reference_cyclegan import ReferenceCycleGAN
+from mrict.runtime.device import cpu_bf16_path
 
 
 def loss_label(cfg) -> str:
@@ -38,21 +39,36 @@ def _case(label: str, preset: str, over: dict[str, Any], steps: int, same: bool)
     return {"label": label, "preset": preset, "over": over, "steps": steps, "same": same}
 
 
+def other_precision(device: str) -> str:
+    """The precision ``auto`` does not choose on ``device`` (bf16 where auto gives fp32,
+    else fp32): timing it checks the automatic choice."""
+    from mrict.runtime.device import resolve_precision
+
+    return "fp32" if resolve_precision(torch.device(device), "auto") == "bf16" else "bf16"
+
+
 def _cases(s: Settings) -> list[dict[str, Any]]:
-    """Cases: label, preset, overrides, timed steps, same losses as the reference?"""
+    """Cases: label, preset, overrides, timed steps, same losses as the reference? The
+    last one is the quick preset in the precision ``auto`` does not choose."""
+    other = other_precision(s.device)
     if s.tiny:
         arch = {"image_size": 32, "ngf": 4, "n_blocks": 1, "ndf": 4, "batch_size": 2}
-        return [_case("tiny, all losses", "quick", arch, 2, False)]
+        return [
+            _case("tiny, all losses", "quick", arch, 2, False),
+            _case(f"tiny, all losses, {other}", "quick", {**arch, "precision": other}, 2, False),
+        ]
     if s.quick:
         return [
             _case("quick", "quick", {}, 2, True),
             _case("quick, all losses", "quick", {}, 2, False),
             _case("paper arch at 128 px", "paper", {"image_size": 128}, 2, True),
+            _case(f"quick, all losses, {other}", "quick", {"precision": other}, 2, False),
         ]
     return [
         _case("quick", "quick", {}, 16, True),
         _case("quick, all losses", "quick", {}, 10, False),
         _case("paper", "paper", {}, 4, True),
+        _case(f"quick, all losses, {other}", "quick", {"precision": other}, 10, False),
     ]
 
 
@@ -195,4 +211,15 @@ def run(s: Settings) -> Result:
         "by torch.utils.flop_counter on the meta device); both columns of % peak use that same "
         "useful work, so a step that avoids recomputation shows as a higher fraction."
     )
+    res.notes.append(
+        f"The last row forces {other_precision(s.device)}, the precision `--precision auto` "
+        "does not choose here: it is the check of the automatic choice (auto is right when "
+        "that row is slower than the same case in the chosen precision)."
+    )
+    if s.device == "cpu" and cpu_bf16_path() == "none":
+        res.notes.append(
+            "This CPU has no native bf16 instructions: its bf16 matmul peak is emulated and "
+            "far below what oneDNN's bf16 convolutions reach, so '% bf16 peak' exceeds 100 "
+            "and says nothing here."
+        )
     return res

@@ -59,7 +59,7 @@ def run(s: Settings) -> Result:
         images = rng.uniform(-1, 1, (n_files, size, size)).astype(np.float32)
         from mrict.translation.networks import ResnetGenerator
 
-        plain = ResnetGenerator(1, 1, ngf, blocks, fast_layers=False)  # every layer plain torch.nn
+        plain = ResnetGenerator(1, 1, ngf, blocks)
         plain.load_state_dict(gen.state_dict())
         plain = plain.to(s.device).float().eval()
 

@@ -4,9 +4,7 @@ Same networks as mrict (ResNet generators, PatchGAN discriminators, N(0, 0.02) i
 least-squares adversarial, cycle L1 and identity L1 losses, an image pool and two Adam
 optimisers, written the way a textbook implementation does it: every image computed in its
 own forward, discriminators run separately on real images and on detached fakes, no
-autocast, no compilation, default optimiser implementation, every layer an ordinary
-``torch.nn`` layer (``fast_layers=False``: ``nn.Conv2d``, ``nn.ReflectionPad2d``,
-``nn.InstanceNorm2d``).
+autocast, no compilation, default optimiser implementation.
 Images are (B, 1, H, W) float32 in [-1, 1].
 """
 
@@ -68,18 +66,10 @@ class ReferenceCycleGAN:
     ) -> None:
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.g_mr2ct = init_weights(ResnetGenerator(1, 1, ngf, n_blocks, fast_layers=False)).to(
-            self.device
-        )
-        self.g_ct2mr = init_weights(ResnetGenerator(1, 1, ngf, n_blocks, fast_layers=False)).to(
-            self.device
-        )
-        self.d_mr = init_weights(PatchDiscriminator(1, ndf, n_layers_d, fast_layers=False)).to(
-            self.device
-        )
-        self.d_ct = init_weights(PatchDiscriminator(1, ndf, n_layers_d, fast_layers=False)).to(
-            self.device
-        )
+        self.g_mr2ct = init_weights(ResnetGenerator(1, 1, ngf, n_blocks)).to(self.device)
+        self.g_ct2mr = init_weights(ResnetGenerator(1, 1, ngf, n_blocks)).to(self.device)
+        self.d_mr = init_weights(PatchDiscriminator(1, ndf, n_layers_d)).to(self.device)
+        self.d_ct = init_weights(PatchDiscriminator(1, ndf, n_layers_d)).to(self.device)
         self.lambda_cycle = lambda_cycle
         self.lambda_identity = lambda_identity
         self.opt_g = torch.optim.Adam(

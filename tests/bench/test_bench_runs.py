@@ -18,8 +18,15 @@ def _positive(x) -> bool:
 
 
 def test_cyclegan_benchmark_tiny():
+    from bench.cyclegan_step import other_precision
+    from mrict.runtime.device import resolve_precision
+
     r = run_one("cyclegan", TINY)
-    assert len(r.rows) == 1 and r.peak_rss_mb > 0
+    assert len(r.rows) == 2 and r.peak_rss_mb > 0
+    # the second row checks the automatic precision by running the other one
+    auto = resolve_precision("cpu", "auto")
+    assert [row["mrict precision"] for row in r.rows] == [auto, other_precision("cpu")]
+    assert auto != other_precision("cpu")
     for row in r.rows:
         assert _positive(row["reference s/step"]) and _positive(row["mrict s/step"])
         assert row["speed-up"] == pytest.approx(row["reference s/step"] / row["mrict s/step"])
@@ -94,20 +101,6 @@ def test_time_to_quality_tiny():
     assert 0 < r.rows[0]["seconds"] < r.rows[1]["seconds"]
     assert all(math.isfinite(row["score"]) for row in r.rows)
     assert r.values["final_score"] == r.rows[-1]["score"]
-
-
-def test_fast_layers_ablation_tiny():
-    """Every configuration is timed in the same run, and switching a layer off leaves the
-    gates as they were afterwards."""
-    import mrict.translation.instance_norm as norm_module
-    from bench.fast_layers import CONFIGS
-
-    gate = norm_module.use_fast_path
-    r = run_one("fast_layers", TINY)
-    assert [row["configuration"] for row in r.rows] == list(CONFIGS)
-    assert all(row["s/step"] > 0 for row in r.rows)
-    assert r.rows[0]["time vs all fast"] == 1.0
-    assert norm_module.use_fast_path is gate
 
 
 def test_pair_rate_counts_only_the_common_window():

@@ -28,7 +28,7 @@ def bench_command(
         [],
         "--only",
         help="Run only this benchmark (repeatable): cyclegan, inference, segmentation, "
-        "data, scaling, threads, fast_layers, quality, time_to_quality, stages_under_load "
+        "data, scaling, threads, quality, time_to_quality, stages_under_load "
         "(the last three run only when named).",
     ),
     out: Path | None = typer.Option(

@@ -7,28 +7,20 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mrict.translation.head_conv import HeadConv2d
-from mrict.translation.instance_norm import InstanceNorm2d
-from mrict.translation.reflect_pad import ReflectionPad2d
-from mrict.translation.stem_conv import StemConv2d
-
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with reflection padding and instance norm, plus the skip
-    (``fast_layers``: see :class:`ResnetGenerator`)."""
+    """Two 3x3 convolutions with reflection padding and instance norm, plus the skip."""
 
-    def __init__(self, channels: int, *, fast_layers: bool = True) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        pad = ReflectionPad2d if fast_layers else nn.ReflectionPad2d
-        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
         self.body = nn.Sequential(
-            pad(1),
+            nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
-            norm(channels),
+            nn.InstanceNorm2d(channels),
             nn.ReLU(inplace=True),
-            pad(1),
+            nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
-            norm(channels),
+            nn.InstanceNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +30,7 @@ class ResidualBlock(nn.Module):
 Upsample = Literal["resize", "transpose"]
 
 
-def upsampling(ch_in: int, ch_out: int, mode: Upsample, pad: type[nn.Module]) -> list[nn.Module]:
+def upsampling(ch_in: int, ch_out: int, mode: Upsample) -> list[nn.Module]:
     """A x2 upsampling layer: ``"resize"`` is bilinear resizing followed by a reflection-
     padded 3x3 convolution (no checkerboard artefacts: every output pixel sees the same
     number of kernel taps); ``"transpose"`` is the reference CycleGAN's stride-2 transposed
@@ -46,7 +38,7 @@ def upsampling(ch_in: int, ch_out: int, mode: Upsample, pad: type[nn.Module]) ->
     if mode == "resize":
         return [
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            pad(1),
+            nn.ReflectionPad2d(1),
             nn.Conv2d(ch_in, ch_out, 3),
         ]
     if mode == "transpose":
@@ -59,12 +51,8 @@ class ResnetGenerator(nn.Module):
 
     7x7 stem, two stride-2 downsamplings, ``n_blocks`` residual blocks at ``4 * ngf``
     channels, two x2 upsamplings (``upsample``: resize + convolution by default, or the
-    reference's transposed convolution, see :func:`upsampling`), 7x7 head. With ``fast_layers`` the
-    CPU gets faster implementations of the same layers, with unchanged weights and state
-    dict: a :class:`StemConv2d` stem (``in_ch == 1``), a :class:`HeadConv2d` head
-    (``out_ch == 1``), :class:`ReflectionPad2d` padding and :class:`InstanceNorm2d`
-    normalisation; without it every layer is the plain ``torch.nn`` one (the benchmarks'
-    textbook reference).
+    reference's transposed convolution, see :func:`upsampling`), 7x7 head; reflection
+    padding and instance norm (no affine parameters) throughout.
     """
 
     def __init__(
@@ -75,7 +63,6 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         *,
         upsample: Upsample = "resize",
-        fast_layers: bool = True,
     ) -> None:
         super().__init__()
         self.arch = {
@@ -85,33 +72,29 @@ class ResnetGenerator(nn.Module):
             "n_blocks": n_blocks,
             "upsample": upsample,
         }
-        pad = ReflectionPad2d if fast_layers else nn.ReflectionPad2d
-        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
-        stem = StemConv2d(ngf, 7) if fast_layers and in_ch == 1 else nn.Conv2d(in_ch, ngf, 7)
         layers: list[nn.Module] = [
-            pad(3),
-            stem,
-            norm(ngf),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_ch, ngf, 7),
+            nn.InstanceNorm2d(ngf),
             nn.ReLU(inplace=True),
         ]
         ch = ngf
         for _ in range(2):
             layers += [
                 nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1),
-                norm(ch * 2),
+                nn.InstanceNorm2d(ch * 2),
                 nn.ReLU(inplace=True),
             ]
             ch *= 2
-        layers += [ResidualBlock(ch, fast_layers=fast_layers) for _ in range(n_blocks)]
+        layers += [ResidualBlock(ch) for _ in range(n_blocks)]
         for _ in range(2):
             layers += [
-                *upsampling(ch, ch // 2, upsample, pad),
-                norm(ch // 2),
+                *upsampling(ch, ch // 2, upsample),
+                nn.InstanceNorm2d(ch // 2),
                 nn.ReLU(inplace=True),
             ]
             ch //= 2
-        head = HeadConv2d(ch, 7) if fast_layers and out_ch == 1 else nn.Conv2d(ch, out_ch, 7)
-        layers += [pad(3), head, nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,14 +103,11 @@ class ResnetGenerator(nn.Module):
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN: (B, in_ch, H, W) -> (B, 1, H', W') real/fake scores per 70x70 patch
-    (``n_layers=3``); instance norm, LeakyReLU 0.2, no sigmoid (least-squares loss).
-    ``fast_layers``: :class:`InstanceNorm2d`, else ``nn.InstanceNorm2d``."""
+    (``n_layers=3``); instance norm, LeakyReLU 0.2, no sigmoid (least-squares loss)."""
 
-    def __init__(
-        self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3, *, fast_layers: bool = True
-    ) -> None:
+    def __init__(self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3) -> None:
         super().__init__()
-        norm = InstanceNorm2d if fast_layers else nn.InstanceNorm2d
+        norm = nn.InstanceNorm2d
         self.arch = {"in_ch": in_ch, "ndf": ndf, "n_layers": n_layers}
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
