@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from mrict.translation.lesion import (
+    REFERENCE_QUANTILES,
     CycleSegmenters,
     LesionReference,
     lesion_appearance_loss,
+    lesion_distribution_loss,
     lesion_reference,
     lesion_stats,
     masked_seg_loss,
     ring_mask,
+    wasserstein_to_reference,
 )
 from mrict.translation.networks import ResnetGenerator, init_weights
 
@@ -92,6 +95,60 @@ def test_lesion_reference_and_appearance_loss_values_and_gradients():
     assert float(lesion_appearance_loss(real, masks, lab, ref)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_wasserstein_to_reference_hand_computed():
+    grid = (torch.arange(8, dtype=torch.float32) + 0.5) / 8  # quantiles of U(0, 1) at 8 points
+    # the same points: zero; shifted by 0.25: exactly 0.25; a constant reference 0.5
+    # against {0, 1}: 0.5
+    assert float(wasserstein_to_reference(grid, grid)) == pytest.approx(0.0, abs=1e-7)
+    assert float(wasserstein_to_reference(grid + 0.25, grid)) == pytest.approx(0.25, abs=1e-6)
+    assert float(
+        wasserstein_to_reference(torch.tensor([0.0, 1.0]), torch.full((4,), 0.5))
+    ) == pytest.approx(0.5)
+    # order of the values does not matter; the reference is interpolated between quantiles
+    perm = grid[torch.randperm(8, generator=torch.Generator().manual_seed(0))]
+    assert float(wasserstein_to_reference(perm, grid)) == pytest.approx(0.0, abs=1e-7)
+    two = torch.tensor([0.0, 1.0])  # quantile function of {0, 1} at 1/4 and 3/4
+    # 4 values at positions 1/8, 3/8, 5/8, 7/8: reference 0, 0.25, 0.75, 1
+    vals = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    assert float(wasserstein_to_reference(vals, two)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distribution_term_keeps_a_mixed_population_that_the_mean_term_flattens():
+    """Real target tumours at 0.1 and at 0.5 (population mean 0.3): translations that
+    reproduce them exactly cost nothing under the distribution term, while the mean term
+    pulls both slices to 0.3; a translation with every tumour at 0.3 is the reverse."""
+    masks = _disc_masks(2)
+    lab = torch.tensor([True, True])
+    real = torch.zeros(2, 1, 32, 32)
+    real[0][masks[0].bool()] = 0.1
+    real[1][masks[1].bool()] = 0.5
+    ref = lesion_reference(real, masks, lab)
+    assert ref is not None and len(ref.tumour_q) == len(ref.ring_q) > 0
+    assert ref.tumour_q[0] == pytest.approx(0.1) and ref.tumour_q[-1] == pytest.approx(0.5)
+    assert list(ref.tumour_q) == sorted(ref.tumour_q)
+    # zero up to the reference's quantile resolution (a 0.4 jump spread over 1/K)
+    assert float(lesion_distribution_loss(real, masks, lab, ref)) < 0.4 / REFERENCE_QUANTILES
+    assert float(lesion_appearance_loss(real, masks, lab, ref)) == pytest.approx(0.4, abs=1e-6)
+    flat = torch.zeros(2, 1, 32, 32)
+    flat[masks.bool()] = 0.3
+    flat.requires_grad_()
+    assert float(lesion_appearance_loss(flat.detach(), masks, lab, ref)) == pytest.approx(
+        0, abs=1e-6
+    )
+    loss = lesion_distribution_loss(flat, masks, lab, ref)
+    # half the tumour pixels 0.2 from 0.1, half 0.2 from 0.5; the ring (0) matches
+    assert float(loss.detach()) == pytest.approx(0.2, abs=0.4 / REFERENCE_QUANTILES)
+    loss.backward()
+    assert flat.grad is not None and float(flat.grad[masks.bool()].abs().sum()) > 0
+    # unlabelled slices and a reference without quantiles (an older run's) give exact zeros
+    none = torch.tensor([False, False])
+    assert float(lesion_distribution_loss(flat.detach(), masks, none, ref)) == 0.0
+    legacy = LesionReference(ref.tumour, ref.contrast, ref.slices)
+    assert float(lesion_distribution_loss(flat.detach(), masks, lab, legacy)) == 0.0
+    d = ref.as_dict()
+    assert len(d["tumour_quantiles"]) == len(ref.tumour_q) and d["slices"] == 2
+
+
 def test_terms_are_exact_zeros_but_differentiable_without_masks():
     fake = torch.rand(2, 1, 32, 32, requires_grad=True)
     none = torch.tensor([False, False])
@@ -115,7 +172,7 @@ def test_segmentation_consistency_loss_differs_with_the_image_and_reaches_the_in
     _, pa = segs(a, a)
     _, pb = segs(b, b)
     la, lb = masked_seg_loss(pa, masks, lab), masked_seg_loss(pb, masks, lab)
-    assert float(la) > 0 and float(la) != pytest.approx(float(lb))
+    assert float(la.detach()) > 0 and float(la.detach()) != pytest.approx(float(lb.detach()))
     la.backward()
     # only the labelled slice contributes a gradient to the image
     assert float(a.grad[0].abs().sum()) > 0
@@ -151,7 +208,7 @@ def _train(tmp_path, data, name, **over):
     from mrict.translation.config import GanConfig
     from mrict.translation.trainer import train_cyclegan
 
-    cfg = GanConfig(
+    small = dict(
         image_size=32,
         ngf=4,
         n_blocks=1,
@@ -164,8 +221,8 @@ def _train(tmp_path, data, name, **over):
         sample_count=1,
         precision="fp32",
         seg_channels=(4, 8),
-        **over,
     )
+    cfg = GanConfig(**(small | over))
     return train_cyclegan(data, tmp_path / name, cfg, progress=False)
 
 
@@ -179,7 +236,7 @@ def _losses(run):
 def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path, data):
     run = _train(tmp_path, data, "run", select_every=2)
     losses = _losses(run)
-    for key in ("seg_mr2ct", "seg_ct2mr", "S_mr", "S_ct"):
+    for key in ("seg_mr2ct", "seg_ct2mr", "lesion_mr2ct", "lesion_ct2mr", "S_mr", "S_ct"):
         assert any(v > 0 for v in losses[key]), key
     meta = json.loads((run / "generators.json").read_text())
     sel = meta["meta"]["selection"] if "meta" in meta else meta["selection"]
@@ -187,6 +244,16 @@ def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path, d
     assert [h["iteration"] for h in sel["history"]] == [2, 4]
     assert sel["iteration"] in (2, 4)
     assert (run / "selection.csv").is_file()
+
+
+def test_distribution_lesion_term_trains_and_is_logged(tmp_path, data):
+    dist = _losses(_train(tmp_path, data, "dist", lesion_term="distribution", iterations=1))
+    mean = _losses(_train(tmp_path, data, "mean", lesion_term="mean", iterations=1))
+    for key in ("lesion_mr2ct", "lesion_ct2mr"):
+        # same seed, weights and first batch: only the form of the term differs
+        assert dist[key][0] > 0 and dist[key][0] != pytest.approx(mean[key][0]), key
+    assert dist["cycle_mr"][0] == pytest.approx(mean["cycle_mr"][0], rel=1e-5)
+    assert "lesion_term: distribution" in (tmp_path / "dist" / "config.yaml").read_text()
 
 
 def test_training_without_masks_switches_the_terms_off(tmp_path, data):

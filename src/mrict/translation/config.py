@@ -11,6 +11,7 @@ from mrict.runtime.device import Precision
 FeatureLoss = Literal["mind", "vgg16", "resnet50", "none"]
 CtMap = Literal["soft_tissue", "linear"]
 Upsample = Literal["resize", "transpose"]
+LesionTerm = Literal["distribution", "mean"]
 
 
 @dataclass
@@ -26,8 +27,11 @@ class GanConfig:
     a mask simply do not contribute, and a data set without masks trains without them):
     ``lambda_seg`` weighs the segmentation-consistency loss, the Dice + BCE of a jointly
     trained target-modality segmenter on each translated slice against its source mask;
-    ``lambda_lesion`` weighs the lesion-appearance term, the L1 distance of the translated
-    tumour's mean intensity and tumour-to-ring contrast from those of real target tumours.
+    ``lambda_lesion`` weighs the lesion-appearance term, in the form ``lesion_term``:
+    ``mean``, the L1 distance of each translated tumour's mean intensity and tumour-to-ring
+    contrast from the averages of real target tumours, or ``distribution``, the
+    Wasserstein-1 distance of the batch's translated tumour (and ring) intensities from
+    those of real target tumours.
     ``use_target_masks``: the segmenters also learn from real target slices with their
     masks, and the lesion term (which needs real target tumours) is on; with False each
     direction uses only its source modality's masks.
@@ -71,6 +75,7 @@ class GanConfig:
     feature_weights_allow_pickle: bool = False
     lambda_seg: float = 1.0
     lambda_lesion: float = 1.0
+    lesion_term: LesionTerm = "mean"
     use_target_masks: bool = True
     #: channels of the jointly trained segmenters (MONAI UNet, instance norm)
     seg_channels: tuple[int, ...] = (16, 32, 64)

@@ -5,9 +5,13 @@
   with the source masks (and on real target slices with their masks when allowed); the
   generator is penalised by the same segmenter's Dice + BCE on its translations, so the
   tumour must stay visible and in place.
-- Lesion appearance: the translated tumour's mean intensity and its contrast to a ring of
-  surrounding tissue should match those of real tumours of the target modality (reference
-  values measured once on the labelled target train slices).
+- Lesion appearance, measured once on the labelled target train slices and matched by the
+  translations under their source masks, in one of two forms: ``mean`` (default), the L1
+  distance of each slice's tumour mean and tumour-to-ring contrast from the real tumours'
+  averages, which pulls every slice to the population average; ``distribution``, the 1-D
+  Wasserstein-1 distance between the translated tumour pixels of a batch and the real
+  target tumour pixels (and the same for the ring of tissue around the tumour), which
+  leaves a population of bright, dark and necrotic tumours free to stay one.
 
 All images are (B, 1, H, W) in [-1, 1]; masks (B, 1, H, W) float in {0, 1}; ``labelled``
 (B,) bool marks the slices whose mask is known.
@@ -16,6 +20,7 @@ All images are (B, 1, H, W) in [-1, 1]; masks (B, 1, H, W) float in {0, 1}; ``la
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,9 @@ from mrict.segmentation.losses import DiceBCELoss
 RING_WIDTH = 3
 #: a slice's tumour counts for the lesion statistics from this many pixels on
 MIN_TUMOUR_PIXELS = 4
+#: quantiles kept of the real target tumour and ring intensities (the reference
+#: distributions of the ``distribution`` lesion term)
+REFERENCE_QUANTILES = 64
 
 
 def build_segmenter(channels: tuple[int, ...]) -> nn.Module:
@@ -95,15 +103,32 @@ def lesion_stats(
 
 @dataclass(frozen=True)
 class LesionReference:
-    """Mean tumour intensity and tumour-minus-ring contrast of real target tumours, in
-    [-1, 1] units; ``slices`` is how many slices they were measured on."""
+    """Real target tumours in [-1, 1] units: mean tumour intensity and tumour-minus-ring
+    contrast (per-slice averages), and the quantile functions of the pooled tumour and ring
+    pixels, ``tumour_q`` / ``ring_q`` (``REFERENCE_QUANTILES`` values at probabilities
+    (k + 0.5) / K, ascending); ``slices`` is how many slices they were measured on."""
 
     tumour: float
     contrast: float
     slices: int
+    tumour_q: tuple[float, ...] = ()
+    ring_q: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float]:
-        return {"tumour": self.tumour, "contrast": self.contrast, "slices": self.slices}
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tumour": self.tumour,
+            "contrast": self.contrast,
+            "slices": self.slices,
+            "tumour_quantiles": [round(v, 6) for v in self.tumour_q],
+            "ring_quantiles": [round(v, 6) for v in self.ring_q],
+        }
+
+
+def _quantiles(values: list[torch.Tensor], k: int) -> tuple[float, ...]:
+    """``k`` quantiles at (i + 0.5) / k of the pooled ``values`` (float64, ascending)."""
+    pooled = torch.cat([v.double().flatten() for v in values])
+    probs = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    return tuple(float(q) for q in torch.quantile(pooled, probs))
 
 
 @torch.no_grad()
@@ -114,14 +139,24 @@ def lesion_reference(
     when none has a tumour big enough to measure."""
     sum_t = sum_c = 0.0
     count = 0
+    tumour_px: list[torch.Tensor] = []
+    ring_px: list[torch.Tensor] = []
     for i in range(0, len(images), batch):
-        t, r, v = lesion_stats(images[i : i + batch], masks[i : i + batch], labelled[i : i + batch])
+        x = images[i : i + batch].float()
+        m = masks[i : i + batch].float()
+        t, r, v = lesion_stats(x, m, labelled[i : i + batch])
         sum_t += float(t[v].double().sum())
         sum_c += float((t - r)[v].double().sum())
         count += int(v.sum())
+        keep = v.view(-1, 1, 1, 1)
+        tumour_px.append(x[(m > 0) & keep])
+        ring_px.append(x[(ring_mask(m) > 0) & keep])
     if count == 0:
         return None
-    return LesionReference(sum_t / count, sum_c / count, count)
+    k = REFERENCE_QUANTILES
+    return LesionReference(
+        sum_t / count, sum_c / count, count, _quantiles(tumour_px, k), _quantiles(ring_px, k)
+    )
 
 
 def lesion_appearance_loss(
@@ -135,3 +170,44 @@ def lesion_appearance_loss(
         return fake.float().sum() * 0.0
     err = (mean_t - ref.tumour).abs() + ((mean_t - mean_r) - ref.contrast).abs()
     return err[valid].mean()
+
+
+def _reference_at(quantiles: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The reference quantile function (values at (k + 0.5) / K) linearly interpolated at
+    ``probs`` in (0, 1), constant beyond the outer quantiles."""
+    k = quantiles.numel()
+    pos = (probs * k - 0.5).clamp(0, k - 1)
+    lo = pos.floor().long().clamp(max=k - 1)
+    hi = (lo + 1).clamp(max=k - 1)
+    frac = pos - lo.to(pos.dtype)
+    return quantiles[lo] * (1 - frac) + quantiles[hi] * frac
+
+
+def wasserstein_to_reference(values: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """1-D Wasserstein-1 distance between the empirical distribution of ``values`` (any
+    shape, pooled) and the reference quantile function ``quantiles`` (K,): the mean
+    absolute difference between the sorted values and the reference at their plotting
+    positions (i + 0.5) / n. Differentiable in ``values``; same units as both."""
+    v = values.flatten().float()
+    ordered, _ = torch.sort(v)
+    n = ordered.numel()
+    probs = (torch.arange(n, device=v.device, dtype=torch.float32) + 0.5) / n
+    return (ordered - _reference_at(quantiles.to(v.device, torch.float32), probs)).abs().mean()
+
+
+def lesion_distribution_loss(
+    fake: torch.Tensor, masks: torch.Tensor, labelled: torch.Tensor, ref: LesionReference
+) -> torch.Tensor:
+    """Wasserstein-1 distance of the translated tumour pixels of the counted slices of the
+    batch (pooled) from the real target tumours' distribution, plus the same for the ring
+    pixels; [-1, 1] units. Exact zero, attached to ``fake``, when no slice counts."""
+    x = fake.float()
+    _, _, valid = lesion_stats(x, masks, labelled)
+    if not bool(valid.any()) or not ref.tumour_q:
+        return x.sum() * 0.0
+    keep = valid.view(-1, 1, 1, 1)
+    tumour = x[(masks > 0) & keep]
+    ring = x[(ring_mask(masks.float()) > 0) & keep]
+    t_q = torch.tensor(ref.tumour_q)
+    r_q = torch.tensor(ref.ring_q)
+    return wasserstein_to_reference(tumour, t_q) + wasserstein_to_reference(ring, r_q)

@@ -38,7 +38,12 @@ from mrict.translation.gan_step import (
     select,
     set_requires_grad,
 )
-from mrict.translation.lesion import LesionReference, lesion_appearance_loss, masked_seg_loss
+from mrict.translation.lesion import (
+    LesionReference,
+    lesion_appearance_loss,
+    lesion_distribution_loss,
+    masked_seg_loss,
+)
 from mrict.translation.losses import l1_loss, lsgan_loss, ssim_loss
 from mrict.translation.selection import load_paired_validation
 from mrict.translation.train_log import LOSS_NAMES, TrainLog, sample_grid
@@ -193,12 +198,15 @@ def generator_losses(
         seg_fake_mr, seg_fake_ct = seg_fake
         terms["seg_mr2ct"] = cfg.lambda_seg * masked_seg_loss(seg_fake_ct, b.mask_mr, b.lab_mr)
         terms["seg_ct2mr"] = cfg.lambda_seg * masked_seg_loss(seg_fake_mr, b.mask_ct, b.lab_ct)
+    lesion = (
+        lesion_distribution_loss if cfg.lesion_term == "distribution" else lesion_appearance_loss
+    )
     if refs["ct"] is not None:
-        terms["lesion_mr2ct"] = cfg.lambda_lesion * lesion_appearance_loss(
+        terms["lesion_mr2ct"] = cfg.lambda_lesion * lesion(
             out["fake_ct"], b.mask_mr, b.lab_mr, refs["ct"]
         )
     if refs["mr"] is not None:
-        terms["lesion_ct2mr"] = cfg.lambda_lesion * lesion_appearance_loss(
+        terms["lesion_ct2mr"] = cfg.lambda_lesion * lesion(
             out["fake_mr"], b.mask_ct, b.lab_ct, refs["mr"]
         )
     return terms
