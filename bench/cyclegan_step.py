@@ -20,7 +20,7 @@ import torch
 from bench.common import Result, Settings, make_dataset, median, sync, time_call
 from bench.flops import count_flops, peak_matmul_flops
 from bench.reference_cyclegan import ReferenceCycleGAN
-from mrict.runtime.device import cpu_bf16_path
+from mrict.runtime.device import cpu_bf16_path, resolve_precision
 
 
 def loss_label(cfg) -> str:
@@ -42,8 +42,6 @@ def _case(label: str, preset: str, over: dict[str, Any], steps: int, same: bool)
 def other_precision(device: str) -> str:
     """The precision ``auto`` does not choose on ``device`` (bf16 where auto gives fp32,
     else fp32): timing it checks the automatic choice."""
-    from mrict.runtime.device import resolve_precision
-
     return "fp32" if resolve_precision(torch.device(device), "auto") == "bf16" else "bf16"
 
 

@@ -85,19 +85,27 @@ def ring_mask(masks: torch.Tensor, width: int = RING_WIDTH) -> torch.Tensor:
     return (grown - masks).clamp(0, 1)
 
 
+def counted_slices(
+    masks: torch.Tensor, labelled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tumours' rings (B, 1, H, W) in {0, 1} and which slices count for the lesion
+    terms (B,) bool: labelled, at least ``MIN_TUMOUR_PIXELS`` tumour pixels, a non-empty
+    ring."""
+    ring = ring_mask(masks)
+    valid = labelled & (masks.sum((1, 2, 3)) >= MIN_TUMOUR_PIXELS) & (ring.sum((1, 2, 3)) > 0)
+    return ring, valid
+
+
 def lesion_stats(
     images: torch.Tensor, masks: torch.Tensor, labelled: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per slice: mean intensity inside the tumour, mean in its ring, and whether the slice
-    counts (labelled, at least ``MIN_TUMOUR_PIXELS`` tumour pixels, a non-empty ring).
-    Each (B,); the means are 0 where the slice does not count."""
+    counts (:func:`counted_slices`). Each (B,); the means are 0 where the slice does not
+    count."""
     x = images.float()
-    ring = ring_mask(masks)
-    n_t = masks.sum((1, 2, 3))
-    n_r = ring.sum((1, 2, 3))
-    valid = labelled & (n_t >= MIN_TUMOUR_PIXELS) & (n_r > 0)
-    mean_t = (x * masks).sum((1, 2, 3)) / n_t.clamp_min(1)
-    mean_r = (x * ring).sum((1, 2, 3)) / n_r.clamp_min(1)
+    ring, valid = counted_slices(masks, labelled)
+    mean_t = (x * masks).sum((1, 2, 3)) / masks.sum((1, 2, 3)).clamp_min(1)
+    mean_r = (x * ring).sum((1, 2, 3)) / ring.sum((1, 2, 3)).clamp_min(1)
     return mean_t * valid, mean_r * valid, valid
 
 
@@ -202,12 +210,12 @@ def lesion_distribution_loss(
     batch (pooled) from the real target tumours' distribution, plus the same for the ring
     pixels; [-1, 1] units. Exact zero, attached to ``fake``, when no slice counts."""
     x = fake.float()
-    _, _, valid = lesion_stats(x, masks, labelled)
+    around, valid = counted_slices(masks, labelled)
     if not bool(valid.any()) or not ref.tumour_q:
         return x.sum() * 0.0
     keep = valid.view(-1, 1, 1, 1)
     tumour = x[(masks > 0) & keep]
-    ring = x[(ring_mask(masks.float()) > 0) & keep]
+    ring = x[(around > 0) & keep]
     t_q = torch.tensor(ref.tumour_q)
     r_q = torch.tensor(ref.ring_q)
     return wasserstein_to_reference(tumour, t_q) + wasserstein_to_reference(ring, r_q)

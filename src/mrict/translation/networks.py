@@ -107,7 +107,6 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, in_ch: int = 1, ndf: int = 64, n_layers: int = 3) -> None:
         super().__init__()
-        norm = nn.InstanceNorm2d
         self.arch = {"in_ch": in_ch, "ndf": ndf, "n_layers": n_layers}
         layers: list[nn.Module] = [
             nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1),
@@ -118,13 +117,13 @@ class PatchDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1),
-                norm(ndf * mult),
+                nn.InstanceNorm2d(ndf * mult),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1),
-            norm(ndf * mult),
+            nn.InstanceNorm2d(ndf * mult),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
         ]
