@@ -95,12 +95,21 @@ def test_stages_under_load_tiny():
 
 
 def test_time_to_quality_tiny():
-    """Every scoring point of the run gets a time; the times grow with the iterations."""
+    """Both schedules are trained and scored; every scoring point gets a time that grows with
+    the iterations, and the summary compares the two runs' final scores and times."""
     r = run_one("time_to_quality", TINY)
-    assert [row["iteration"] for row in r.rows] == [2, 4]
-    assert 0 < r.rows[0]["seconds"] < r.rows[1]["seconds"]
+    preset = [row for row in r.rows if row["schedule"].startswith("preset")]
+    short = [row for row in r.rows if row["schedule"].startswith("short")]
+    assert [row["iteration"] for row in preset] == [2, 4]
+    assert [row["iteration"] for row in short] == [2]
+    assert 0 < preset[0]["seconds"] < preset[1]["seconds"]
     assert all(math.isfinite(row["score"]) for row in r.rows)
-    assert r.values["final_score"] == r.rows[-1]["score"]
+    assert r.values["preset_score"] == preset[-1]["score"]
+    assert r.values["short_score"] == short[-1]["score"]
+    assert r.values["time_ratio"] == pytest.approx(
+        r.values["short_seconds"] / r.values["preset_seconds"]
+    )
+    assert r.values["reached"] == (r.values["short_score"] <= r.values["preset_score"] * 1.02)
 
 
 def test_pair_rate_counts_only_the_common_window():
