@@ -339,19 +339,30 @@ def test_follow_load_only_under_an_auto_plan(torch_threads, capsys, monkeypatch)
     assert th._FOLLOWER is None and th.threads_used() == [2]
 
 
-def test_training_loop_follows_the_load_after_every_step(tmp_path: Path, monkeypatch) -> None:
+def test_training_loop_follows_the_load_after_every_step_unless_told_not_to(
+    tmp_path: Path, monkeypatch
+) -> None:
     from mrict.runtime import harness
 
     calls: list[int] = []
     monkeypatch.setattr(harness, "follow_load", lambda: calls.append(1))
-    loop = harness.TrainingLoop(
-        total=4,
-        save=lambda step: None,
-        checkpoint_json=tmp_path / "c.json",
-        resume_command="x",
-        progress=False,
-    )
-    assert loop.run(lambda step: True) == 4 and len(calls) == 4
+
+    def steps_followed(total: int, **kw) -> int:
+        calls.clear()
+        loop = harness.TrainingLoop(
+            total=total,
+            save=lambda step: None,
+            checkpoint_json=tmp_path / "c.json",
+            resume_command="x",
+            progress=False,
+            **kw,
+        )
+        assert loop.run(lambda step: True) == total
+        return len(calls)
+
+    assert steps_followed(4) == 4
+    # a GPU run does not follow (its speed hardly depends on the CPU threads)
+    assert steps_followed(3, follow_threads=False) == 0
 
 
 # --- the CLI ------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ class TrainingLoop:
 
     After every step: a checkpoint (``save(step)``) every ``checkpoint_every`` steps but
     not at the last, then ``on_step(step)``, then the CPU thread count follows the load
-    (:func:`mrict.runtime.threads.follow_load`, automatic thread plans only), then, if
+    (:func:`mrict.runtime.threads.follow_load`, automatic thread plans only; off with
+    ``follow_threads=False``, as for a run on a GPU, whose speed the CPU threads barely
+    change), then, if
     SIGINT/SIGTERM arrived (on any rank: ``any_rank``), a checkpoint (unless one was just
     written) and :class:`TrainingInterrupted` naming ``resume_command``. ``save`` is
     collective under DDP; ``any_rank`` must then reduce over ranks, so every rank decides
@@ -61,8 +63,10 @@ class TrainingLoop:
         title: str = "train",
         persistent: bool = False,
         quiet: bool = False,
+        follow_threads: bool = True,
     ) -> None:
         self.total, self.start = total, start
+        self.follow_threads = follow_threads
         self.checkpoint_every = checkpoint_every
         self._save = save
         self.checkpoint_json = checkpoint_json
@@ -122,7 +126,8 @@ class TrainingLoop:
                     self.save(step)
                 if self.on_step is not None:
                     self.on_step(step)
-                follow_load()
+                if self.follow_threads:
+                    follow_load()
                 if step < self.total and self.any_rank(bool(stop)):
                     if not periodic:
                         self.save(step)

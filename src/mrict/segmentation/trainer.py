@@ -304,6 +304,7 @@ def train_segmenter(
         on_step=on_step,
         progress=progress,
         title=title or "segmenter",
+        follow_threads=run.device.type == "cpu",
     )
     run.loop = loop
     last = loop.run(run.step)

@@ -139,6 +139,7 @@ def _train(
         title="[bold]train-gan",
         persistent=True,
         quiet=not main,
+        follow_threads=device.type == "cpu",
     )
     loop.guard.checkpoint = run.ckpt_json
     run.loop = loop
