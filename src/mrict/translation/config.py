@@ -32,9 +32,6 @@ class GanConfig:
     contrast from the averages of real target tumours, or ``distribution``, the
     Wasserstein-1 distance of the batch's translated tumour (and ring) intensities from
     those of real target tumours.
-    ``lambda_texture`` weighs the MR -> CT soft-tissue texture term
-    (:mod:`mrict.translation.texture`): the relative difference between the high-pass SD of
-    the translated CT's soft tissue and that of the batch's real CT (needs no masks).
     ``use_target_masks``: the segmenters also learn from real target slices with their
     masks, and the lesion term (which needs real target tumours) is on; with False each
     direction uses only its source modality's masks.
@@ -79,7 +76,6 @@ class GanConfig:
     lambda_seg: float = 1.0
     lambda_lesion: float = 1.0
     lesion_term: LesionTerm = "mean"
-    lambda_texture: float = 0.0
     use_target_masks: bool = True
     #: channels of the jointly trained segmenters (MONAI UNet, instance norm)
     seg_channels: tuple[int, ...] = (16, 32, 64)

@@ -29,7 +29,6 @@ LOSS_NAMES = (
     "seg_ct2mr",
     "lesion_mr2ct",
     "lesion_ct2mr",
-    "texture_mr2ct",
     "D_mr",
     "D_ct",
     "S_mr",

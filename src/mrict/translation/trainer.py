@@ -46,7 +46,6 @@ from mrict.translation.lesion import (
 )
 from mrict.translation.losses import l1_loss, lsgan_loss, ssim_loss
 from mrict.translation.selection import load_paired_validation
-from mrict.translation.texture import texture_loss
 from mrict.translation.train_log import LOSS_NAMES, TrainLog, sample_grid
 from mrict.translation.train_state import (
     build_parts,
@@ -177,8 +176,8 @@ def generator_losses(
     identity: bool,
 ) -> dict[str, torch.Tensor]:
     """The weighted generator terms (fp32): adversarial, cycle, identity, SSIM, feature,
-    segmentation consistency (``seg_fake``: the segmenters on the fakes, MR then CT),
-    lesion appearance and soft-tissue texture."""
+    segmentation consistency (``seg_fake``: the segmenters on the fakes, MR then CT) and
+    lesion appearance."""
     score_mr, score_ct = scores
     terms = {
         "G_adv_mr2ct": cfg.lambda_adv * lsgan_loss(score_ct, True),
@@ -211,8 +210,6 @@ def generator_losses(
         terms["lesion_ct2mr"] = cfg.lambda_lesion * lesion(
             out["fake_mr"], b.mask_ct, b.lab_ct, refs["mr"]
         )
-    if cfg.lambda_texture > 0:
-        terms["texture_mr2ct"] = cfg.lambda_texture * texture_loss(out["fake_ct"], b.ct, cfg.ct_map)
     return terms
 
 
