@@ -131,6 +131,33 @@ def test_highpass_constant_is_zero_checkerboard_is_its_amplitude() -> None:
     assert LM.highpass(ct, reg.brain)[reg.brain].std() < 1e-9
 
 
+def test_brain_texture_is_split_into_interior_and_rim() -> None:
+    """An artefact along the skull's inner table raises the rim's high-pass SD, not the
+    interior's; texture everywhere raises both."""
+    ct, tumour, _ = disc_phantom()
+    reg = LM.lesion_regions(ct, tumour)
+    inner = LM.brain_interior(reg.brain)
+    rim = reg.brain & ~inner
+    depth = ndimage.distance_transform_edt(reg.brain)
+    assert inner.any() and rim.any() and not (inner & ~reg.brain).any()
+    assert (depth[inner] > LM.BRAIN_INTERIOR_PX).all()
+    assert (depth[rim] <= LM.BRAIN_INTERIOR_PX).all()
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    checker = np.where((yy + xx) % 2 == 0, 30.0, -30.0)
+    m = _metrics(ct + np.where(rim, checker, 0.0), ct, tumour)
+    assert m["brain_rim_highpass_sd_hu_pred"] > 20.0
+    assert m["brain_interior_highpass_sd_hu_pred"] < 3.0
+    assert m["brain_interior_highpass_sd_hu_gt"] < 1e-9 and m["brain_rim_highpass_sd_hu_gt"] < 1e-9
+    assert (
+        m["brain_rim_highpass_sd_hu_pred"]
+        > m["brain_highpass_sd_hu_pred"]
+        > m["brain_interior_highpass_sd_hu_pred"]
+    )
+    m = _metrics(ct + np.where(reg.brain, checker, 0.0), ct, tumour)
+    assert 25.0 < m["brain_interior_highpass_sd_hu_pred"] <= 30.5
+    assert 25.0 < m["brain_rim_highpass_sd_hu_pred"] <= 30.5
+
+
 def test_mr_units_half_the_difference_and_same_contrast_rule() -> None:
     ct, tumour, _ = disc_phantom()
     truth = np.where(ct > 300, -0.8, 0.0)

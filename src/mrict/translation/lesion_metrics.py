@@ -31,7 +31,9 @@ ring. ``contrast_ratio`` = contrast(pred) / contrast(GT). Texture: the high-pass
 ``x - G(x * w) / G(w)`` (a Gaussian of sigma :data:`HIGHPASS_SIGMA_PX` = 1.5 px normalised
 over the brain mask ``w``, so skull and tumour do not leak into the smoothing), its
 population SD over the pooled brain pixels; 0 for a constant, about the amplitude for a
-checkerboard.
+checkerboard. The same residual is also pooled separately over the brain interior (more
+than :data:`BRAIN_INTERIOR_PX` = 4 px from the brain region's edge) and the rim next to
+the skull, so a misplaced bone edge is not read as tissue texture.
 
 **Units**: MR -> CT in HU (pred and GT clipped to [-1024, 3000] HU), keys end in ``_hu``.
 CT -> MR on the normalised MR intensities: MAE in [0, 1] units (half the [-1, 1]
@@ -72,6 +74,7 @@ BRAIN_ERODE_PX = 2
 TUMOUR_MARGIN_PX = 1
 RING_PX = 3
 HIGHPASS_SIGMA_PX = 1.5
+BRAIN_INTERIOR_PX = 4
 
 PROTOCOL = (
     f"Regions from the GT CT and the tumour mask: bone = GT > {BONE_HU:.0f} HU in the head; "
@@ -81,7 +84,9 @@ PROTOCOL = (
     f"{TUMOUR_MARGIN_PX} px; ring = {TUMOUR_MARGIN_PX}-{TUMOUR_MARGIN_PX + RING_PX} px band "
     "around the tumour in the brain. Pixels pooled over slices; contrast = median tumour - "
     "median brain of the tumour slices; texture = SD over brain of the image minus its "
-    f"brain-normalised Gaussian (sigma {HIGHPASS_SIGMA_PX} px). MR->CT in HU; CT->MR: MAE in "
+    f"brain-normalised Gaussian (sigma {HIGHPASS_SIGMA_PX} px), also split into the brain "
+    f"interior (more than {BRAIN_INTERIOR_PX} px from the brain region's edge) and its rim. "
+    "MR->CT in HU; CT->MR: MAE in "
     "[0, 1] units, the rest in [-1, 1] units."
 )
 SEGMENTER_PROTOCOL = (
@@ -261,6 +266,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or abs(b) < 1e-12 else a / b
 
 
+def brain_interior(brain: np.ndarray, depth: int = BRAIN_INTERIOR_PX) -> np.ndarray:
+    """Pixels (H, W) bool of the brain region farther than ``depth`` pixels (Euclidean)
+    from its edge. The rest, the rim, holds the brain next to the skull's inner table,
+    where a translation's misplaced or blurred bone edge shows up in the high-pass
+    residual as if it were texture."""
+    b = np.asarray(brain, bool)
+    return b & (ndimage.distance_transform_edt(b) > depth)
+
+
 def lesion_metrics(
     preds: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -273,7 +287,8 @@ def lesion_metrics(
     for "MR" (CT -> MR); ``regions`` from :func:`lesion_regions` of the GT CT. Keys (``_hu``
     for CT): ``mae_{tumour,brain,ring,bone}``, ``tumour_median_{pred,gt}``,
     ``brain_median_{pred,gt}``, ``tumour_to_brain_contrast_{pred,gt}``, ``contrast_ratio``,
-    ``tumour_to_ring_contrast_{pred,gt}``, ``brain_highpass_sd_{pred,gt}``,
+    ``tumour_to_ring_contrast_{pred,gt}``, ``brain_highpass_sd_{pred,gt}`` (and its
+    ``brain_interior_`` and ``brain_rim_`` parts, :func:`brain_interior`),
     ``bone_mean_{pred,gt}`` and pixel/slice counts (see the module docstring).
     """
     if not len(preds) == len(truths) == len(regions):
@@ -292,18 +307,22 @@ def lesion_metrics(
         err = _pooled([a - b for a, b in zip(p, t, strict=True)], masks)
         out[f"mae_{name}{u}"] = _mean(np.abs(err) * mae_scale)
     tumour_slices = [i for i, r in enumerate(regions) if r.tumour.any()]
+    brain = [r.brain for r in regions]
+    inner = [brain_interior(r.brain) for r in regions]
+    rim = [b & ~i for b, i in zip(brain, inner, strict=True)]
     for side, imgs in (("pred", p), ("gt", t)):
         sel = [imgs[i] for i in tumour_slices]
         tum = _median(_pooled(sel, [regions[i].tumour for i in tumour_slices]))
-        brain = _median(_pooled(sel, [regions[i].brain for i in tumour_slices]))
+        brain_med = _median(_pooled(sel, [regions[i].brain for i in tumour_slices]))
         ring = _median(_pooled(sel, [regions[i].ring for i in tumour_slices]))
         out[f"tumour_median{u}_{side}"] = tum
-        out[f"brain_median{u}_{side}"] = brain
-        out[f"tumour_to_brain_contrast{u}_{side}"] = _diff(tum, brain)
+        out[f"brain_median{u}_{side}"] = brain_med
+        out[f"tumour_to_brain_contrast{u}_{side}"] = _diff(tum, brain_med)
         out[f"tumour_to_ring_contrast{u}_{side}"] = _diff(tum, ring)
         hp = [highpass(x, r.brain) for x, r in zip(imgs, regions, strict=True)]
-        resid = _pooled(hp, [r.brain for r in regions])
-        out[f"brain_highpass_sd{u}_{side}"] = float(resid.std()) if resid.size else None
+        for part, masks in (("", brain), ("interior_", inner), ("rim_", rim)):
+            resid = _pooled(hp, masks)
+            out[f"brain_{part}highpass_sd{u}_{side}"] = float(resid.std()) if resid.size else None
         out[f"bone_mean{u}_{side}"] = _mean(_pooled(imgs, [r.bone for r in regions]))
     out["contrast_ratio"] = _ratio(
         out[f"tumour_to_brain_contrast{u}_pred"], out[f"tumour_to_brain_contrast{u}_gt"]
@@ -346,9 +365,18 @@ def lesion_table(
         "tumour-brain contrast",
         "contrast ratio",
         "brain high-pass SD",
+        "interior",
+        "rim",
         "bone mean",
     ]
-    paired = ("tumour_median", "tumour_to_brain_contrast", "brain_highpass_sd", "bone_mean")
+    paired = (
+        "tumour_median",
+        "tumour_to_brain_contrast",
+        "brain_highpass_sd",
+        "brain_interior_highpass_sd",
+        "brain_rim_highpass_sd",
+        "bone_mean",
+    )
     rows = []
     for method, row in by_method.items():
         rows.append(
