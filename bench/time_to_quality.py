@@ -109,8 +109,6 @@ def run(s: Settings) -> Result:
         short_seconds=secs["short"],
         time_ratio=secs["short"] / secs["preset"],
         reached=reached,
-        # back-compatible single-run figures: the first seed's preset run
-        final_score=finals["preset"][0],
     )
     res.notes.append(
         f"batch {base.batch_size}, {over.get('image_size', base.image_size)} px, precision "
