@@ -268,11 +268,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def brain_interior(brain: np.ndarray, depth: int = BRAIN_INTERIOR_PX) -> np.ndarray:
     """Pixels (H, W) bool of the brain region farther than ``depth`` pixels (Euclidean)
-    from its edge. The rest, the rim, holds the brain next to the skull's inner table,
-    where a translation's misplaced or blurred bone edge shows up in the high-pass
-    residual as if it were texture."""
-    b = np.asarray(brain, bool)
-    return b & (ndimage.distance_transform_edt(b) > depth)
+    from its edge: the region eroded by a disc of that radius. The rest, the rim, holds the
+    brain next to the skull's inner table, where a translation's misplaced or blurred bone
+    edge shows up in the high-pass residual as if it were texture."""
+    return _erode(np.asarray(brain, bool), depth)
 
 
 def lesion_metrics(
