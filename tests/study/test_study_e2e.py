@@ -27,7 +27,7 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch, tiny_presets, sim
     tiny_presets(
         monkeypatch,
         seg={"channels": (8, 16, 32), "augment": True},
-        gan={"ngf": 8, "ndf": 8},
+        gan={"ngf": 8, "ndf": 8, "select_every": 1},
     )
     data = simulated(size=48)
     study = tmp_path / "study"
@@ -74,6 +74,15 @@ def test_study_end_to_end(tmp_path: Path, capsys, monkeypatch, tiny_presets, sim
         assert not scored & set(splits[m]["train"])
     assert {t["a"] for t in doc["tests"]} == {"target_translated", "translated", "self_training"}
     assert doc["translation"] is not None and "mr2ct" in doc["translation"]
+    # the translator was checked on paired_val and retrained while it lost the tumour
+    check = doc["info"]["translator_check"]
+    attempts = check["attempts"]
+    assert 1 <= len(attempts) <= check["tries"] == 3
+    assert [a["seed"] for a in attempts] == list(range(len(attempts)))
+    assert all(a["checked_on"] == "paired_val" for a in attempts)
+    assert all(a["carried"] is False for a in attempts[:-1])
+    assert doc["info"]["gan_run"] == attempts[check["chosen"]]["run"]
+    assert "Translator check on the paired validation set" in (study / "report.html").read_text()
     page = (study / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES)
     assert "Conclusion" in page and "Wilcoxon" in page and 'src="http' not in page

@@ -379,3 +379,24 @@ def test_evaluate_without_masks_and_report_without_lesion(gan_run: Path, tmp_pat
     old = {k: v for k, v in res.items() if k != "lesion"}  # results.json of an older run
     assert "at the lesion" not in "".join(translation_tables(old))
     assert "No paired test data" in "".join(translation_tables(None))
+
+
+@pytest.mark.parametrize(
+    ("tumour_hu", "expected"),
+    [(80.0, 1.0), (55.0, 0.5), (30.0, 0.0), (10.0, -0.4)],
+)
+def test_tumour_contrast_ratio_by_hand(tumour_hu: float, expected: float) -> None:
+    """Real contrast 80 - 30 = 50 HU; the translation's (tumour_hu - 30) over it."""
+    ct, tumour, _ = disc_phantom()
+    pred = ct.copy()
+    pred[tumour] = tumour_hu
+    reg = [LM.lesion_regions(ct, tumour)]
+    assert LM.tumour_contrast_ratio([pred], [ct], reg) == pytest.approx(expected)
+    # the same figure as the full metrics' contrast_ratio
+    assert LM.lesion_metrics([pred], [ct], reg, "CT")["contrast_ratio"] == pytest.approx(expected)
+
+
+def test_tumour_contrast_ratio_is_none_without_tumour() -> None:
+    ct, tumour, _ = disc_phantom()
+    reg = [LM.lesion_regions(ct, np.zeros_like(tumour))]
+    assert LM.tumour_contrast_ratio([ct], [ct], reg) is None

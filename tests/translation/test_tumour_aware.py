@@ -244,6 +244,12 @@ def test_tumour_aware_terms_are_logged_and_selection_uses_paired_val(tmp_path, d
     assert [h["iteration"] for h in sel["history"]] == [2, 4]
     assert sel["iteration"] in (2, 4)
     assert (run / "selection.csv").is_file()
+    # the lesion check is recorded for every scoring and for the chosen generators
+    for h in sel["history"]:
+        assert {"mr2ct_contrast_ratio", "ct2mr_contrast_ratio", "carried"} <= set(h)
+    chosen = next(h for h in sel["history"] if h["iteration"] == sel["iteration"])
+    assert sel["carried"] == chosen["carried"]
+    assert sel["mr2ct_contrast_ratio"] == chosen["mr2ct_contrast_ratio"]
 
 
 def test_distribution_lesion_term_trains_and_is_logged(tmp_path, data):

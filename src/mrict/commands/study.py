@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mrict.errors import MrictError
+from mrict.study.translator import DEFAULT_TRANSLATOR_TRIES
 
 #: the built-in data set of ``mrict demo``: 100 + 100 unpaired patients (the 70/15/15
 #: patient split leaves 15 test patients per modality, enough for paired tests with power),
@@ -68,6 +69,15 @@ def study_command(
         "masks (then scenarios (3) and (5) use target labels through the translator); by "
         "default each direction uses only its source masks.",
     ),
+    translator_tries: int = typer.Option(
+        DEFAULT_TRANSLATOR_TRIES,
+        "--translator-tries",
+        min=1,
+        help="CycleGANs trained at most (seeds SEED, SEED+1, ...) until one carries the "
+        "tumour across on DATA/paired_val (translated tumour-to-brain contrast at least a "
+        "quarter of the real one, both directions); the report records every attempt. "
+        "Without DATA/paired_val the check is skipped.",
+    ),
     seg_config: Path | None = typer.Option(
         None,
         "--seg-config",
@@ -104,6 +114,7 @@ def study_command(
         seg_config=seg_config,
         overwrite=overwrite,
         workers=workers,
+        translator_tries=translator_tries,
     )
     typer.echo(f"study finished in {time.time() - t0:.0f} s; report: {study / 'report.html'}")
 

@@ -354,6 +354,40 @@ def translation_tables(tr: Mapping[str, Any] | None) -> list[str]:
     return parts
 
 
+def translator_check_note(info: Mapping[str, Any]) -> str:
+    """HTML paragraph on the study's translator check (``info["translator_check"]`` of
+    :func:`mrict.study.translator.study_translator`): every attempt's seed, contrast ratios
+    and verdict, and which one the study used; empty for studies written before it."""
+    check = info.get("translator_check")
+    if not check or not check.get("attempts"):
+        return ""
+    from mrict.translation.selection import CARRIED_MIN_RATIO
+
+    verdict = {True: "carries the tumour", False: "loses the tumour", None: "not checked"}
+    items = []
+    for i, a in enumerate(check["attempts"]):
+        used = " (used)" if i == check.get("chosen") else ""
+        items.append(
+            f"seed {_e(a.get('seed'))}: tumour contrast ratio MR&rarr;CT "
+            f"{_f(a.get('mr2ct_contrast_ratio'), 2)}, CT&rarr;MR "
+            f"{_f(a.get('ct2mr_contrast_ratio'), 2)}, selection score {_f(a.get('score'))}, "
+            f"{verdict.get(a.get('carried'), 'not checked')}{used}"
+        )
+    head = (
+        f"Translator check on the paired validation set (a translator carries the tumour "
+        f"across when its translated tumour-to-brain contrast is at least "
+        f"{CARRIED_MIN_RATIO:g} of the real one in both directions; at most "
+        f"{_e(check.get('tries'))} seeds are tried): "
+    )
+    warn = ""
+    if check.get("carried") is False:
+        warn = (
+            " <b>No attempt carried the tumour across: the translated scenarios (3)-(5) rest "
+            "on a translator that loses it.</b>"
+        )
+    return f"<p class='note'>{head}{'; '.join(items)}.{warn}</p>"
+
+
 TEMPLATE = "report.html.j2"
 
 
@@ -408,6 +442,7 @@ def build_html(doc: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             results=Markup(results_table(doc["summary"], info)),
             statistics=Markup(statistics_table(doc["tests"])),
             translation=[Markup(p) for p in translation_tables(doc.get("translation"))],
+            translator_check=Markup(translator_check_note(info)),
             data_rows=_data_rows(info),
             scenario_rows=_scenario_rows(info),
         )

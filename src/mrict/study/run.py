@@ -42,6 +42,7 @@ from mrict.study.stages import (
     stage_train,
     stage_translate,
 )
+from mrict.study.translator import DEFAULT_TRANSLATOR_TRIES, study_translator
 
 #: scenarios that use target labels (and so depend on the label fraction)
 USES_TARGET_LABELS = tuple(k for k, s in REGISTRY.items() if s.uses_target_labels)
@@ -53,39 +54,6 @@ def _log(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr, flush=True)
-
-
-#: the study's translator learns from each direction's source masks only, so scenarios
-#: (2), (3) and (5) see no target label, not even through the translator, and the label
-#: fractions of (1) and (4) are the only target labels used (override with
-#: ``gan_overrides={"use_target_masks": True}``)
-STUDY_GAN_DEFAULTS: dict[str, Any] = {"use_target_masks": False}
-
-
-def _gan(
-    data: Path,
-    out: Path,
-    preset: str,
-    gan_run: Path | None,
-    seed: int,
-    progress: bool,
-    gan_overrides: dict[str, Any] | None,
-) -> tuple[Path, dict[str, Any]]:
-    from mrict.translation.config import GAN_PRESETS, GanConfig
-    from mrict.translation.trainer import train_cyclegan
-    from mrict.translation.translate import read_run_meta
-
-    if gan_run is not None:
-        return gan_run, read_run_meta(gan_run)
-    gan_dir = out / "gan"
-    if not (gan_dir / "generators.json").is_file():
-        overrides = {"seed": seed, **STUDY_GAN_DEFAULTS, **(gan_overrides or {})}
-        cfg = resolve_config(GanConfig, GAN_PRESETS, preset, None, overrides)
-        _log(f"training the CycleGAN ({preset} preset) -> {gan_dir}")
-        train_cyclegan(
-            data, gan_dir, cfg, resume=(gan_dir / "checkpoint.json").is_file(), progress=progress
-        )
-    return gan_dir, read_run_meta(gan_dir)
 
 
 def is_study_folder(out: Path) -> bool:
@@ -135,6 +103,7 @@ def run_study(
     on_stage: Callable[[str], None] | None = None,
     overwrite: bool = False,
     workers: int | str = 1,
+    translator_tries: int = DEFAULT_TRANSLATOR_TRIES,
 ) -> Path:
     """Run the whole study on ``data``; return the study folder (holding report.html).
 
@@ -145,6 +114,9 @@ def run_study(
     "auto", see :func:`mrict.study.jobs.worker_plan`); results depend on the CPU threads
     each gets, not on the order. An existing study folder is continued
     (finished runs are kept); any other non-empty folder needs ``overwrite``.
+    ``translator_tries``: CycleGANs trained at most (seeds ``seed``, ``seed + 1``, ...) until
+    one carries the tumour across on ``DATA/paired_val``
+    (:func:`mrict.study.translator.study_translator`).
     """
     t0 = time.time()
     data, out = Path(data), Path(out)
@@ -158,8 +130,15 @@ def run_study(
     stage = on_stage or _log
 
     # 1. the CycleGAN, trained on the train split (split seed 0) only
-    gan_dir, gan_meta = _gan(
-        data, out, preset, Path(gan_run) if gan_run else None, seed, progress, gan_overrides
+    gan_dir, gan_meta, translator_check = study_translator(
+        data,
+        out,
+        preset,
+        Path(gan_run) if gan_run else None,
+        seed,
+        progress,
+        gan_overrides,
+        translator_tries,
     )
     gens = _load_checked_generators(gan_dir, gan_meta, cfg)
     t_gan = time.time() - t0
@@ -194,6 +173,7 @@ def run_study(
     # 5. statistics, then figures and the report
     info = {
         **_describe(data, gan_dir, gan_meta, preset, seed_list, fractions, cfg, splits, part),
+        "translator_check": translator_check,
         "timing_s": {"gan": round(t_gan, 1), "segmentation": round(t_seg, 1)},
         "segmentation_processes": {"workers": n_workers, "threads_each": threads},
         "cpu_threads": plan.as_dict(),

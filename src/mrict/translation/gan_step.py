@@ -20,7 +20,7 @@ from mrict.translation.config import GanConfig
 from mrict.translation.data import UnpairedData
 from mrict.translation.lesion import masked_seg_loss
 from mrict.translation.networks import CycleGenerators
-from mrict.translation.selection import score_generators
+from mrict.translation.selection import score_generators, selection_rank
 
 SELECTION_CSV = "selection.csv"
 
@@ -107,16 +107,27 @@ def segmenter_step(
 def select(
     best: dict[str, Any], gens: CycleGenerators, val: Any, iteration: int, run_dir: Path | None
 ) -> None:
-    """Score the generators on the paired validation set; keep a copy of the best ones in
+    """Score the generators on the paired validation set; keep a copy of the best ones
+    (:func:`selection_rank`: those that carry the tumour first, then the lowest score) in
     ``best`` and (``run_dir`` given) rewrite RUN/selection.csv."""
     scores = score_generators(gens.mr2ct, gens.ct2mr, val)
+    previous = next(
+        (
+            h
+            for h in best["history"]
+            if best["state"] is not None and h["iteration"] == best["iteration"]
+        ),
+        None,
+    )
     best["history"].append({"iteration": iteration, **scores})
-    if math.isfinite(scores["score"]) and scores["score"] < best["score"]:
+    new_rank = selection_rank(scores)
+    if math.isfinite(new_rank[1]) and (previous is None or new_rank < selection_rank(previous)):
         best["score"], best["iteration"] = scores["score"], iteration
         best["state"] = {k: v.detach().cpu().clone() for k, v in gens.state_dict().items()}
     if run_dir is not None:
+        fields = list(dict.fromkeys(k for h in best["history"] for k in h))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(best["history"][0]))
+        w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         w.writerows(best["history"])
         atomic_write_text(run_dir / SELECTION_CSV, buf.getvalue())

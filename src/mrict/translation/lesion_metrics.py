@@ -274,6 +274,32 @@ def brain_interior(brain: np.ndarray, depth: int = BRAIN_INTERIOR_PX) -> np.ndar
     return _erode(np.asarray(brain, bool), depth)
 
 
+def _lesion_medians(
+    images: Sequence[np.ndarray], regions: Sequence[Regions]
+) -> tuple[float | None, float | None, float | None]:
+    """Pooled medians of the tumour, the brain and the ring over the slices that hold
+    tumour (None where a region is empty)."""
+    slices = [i for i, r in enumerate(regions) if r.tumour.any()]
+    sel = [images[i] for i in slices]
+    return tuple(  # type: ignore[return-value]
+        _median(_pooled(sel, [getattr(regions[i], name) for i in slices]))
+        for name in ("tumour", "brain", "ring")
+    )
+
+
+def tumour_contrast_ratio(
+    preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], regions: Sequence[Regions]
+) -> float | None:
+    """The translation's tumour-to-brain contrast over the ground truth's (the
+    ``contrast_ratio`` of :func:`lesion_metrics`, without the rest): 1 = the real
+    conspicuity, 0 = the tumour is invisible, negative = inverted. ``preds``/``truths``
+    (H, W) slices in one unit (clip them first as :func:`lesion_metrics` does); None when
+    no slice holds tumour or the real contrast is 0."""
+    t_p, b_p, _ = _lesion_medians(preds, regions)
+    t_g, b_g, _ = _lesion_medians(truths, regions)
+    return _ratio(_diff(t_p, b_p), _diff(t_g, b_g))
+
+
 def lesion_metrics(
     preds: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -310,10 +336,7 @@ def lesion_metrics(
     inner = [brain_interior(r.brain) for r in regions]
     rim = [b & ~i for b, i in zip(brain, inner, strict=True)]
     for side, imgs in (("pred", p), ("gt", t)):
-        sel = [imgs[i] for i in tumour_slices]
-        tum = _median(_pooled(sel, [regions[i].tumour for i in tumour_slices]))
-        brain_med = _median(_pooled(sel, [regions[i].brain for i in tumour_slices]))
-        ring = _median(_pooled(sel, [regions[i].ring for i in tumour_slices]))
+        tum, brain_med, ring = _lesion_medians(imgs, regions)
         out[f"tumour_median{u}_{side}"] = tum
         out[f"brain_median{u}_{side}"] = brain_med
         out[f"tumour_to_brain_contrast{u}_{side}"] = _diff(tum, brain_med)

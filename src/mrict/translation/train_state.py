@@ -235,10 +235,23 @@ def save_results(
             "lesion_reference": {k: v.as_dict() if v else None for k, v in parts.refs.items()},
         },
     }
+    chosen = next(
+        (
+            h
+            for h in best["history"]
+            if best["state"] is not None and h["iteration"] == best["iteration"]
+        ),
+        {},
+    )
     selection = {
         "on": "paired_val" if val is not None else None,
         "iteration": best["iteration"] if best["state"] is not None else iteration,
         "score": best["score"] if best["state"] is not None else None,
+        # the chosen generators' tumour contrast ratios and whether they carry the tumour
+        # across (mrict.translation.selection.carries_tumour); None: not checked
+        "mr2ct_contrast_ratio": chosen.get("mr2ct_contrast_ratio"),
+        "ct2mr_contrast_ratio": chosen.get("ct2mr_contrast_ratio"),
+        "carried": chosen.get("carried"),
         "history": best["history"],
     }
     save_generators(
