@@ -292,3 +292,29 @@ def test_linear_ct_map_run_translates_in_default_units(tmp_path, data):
     with torch.no_grad():
         y = gens["mr2ct"](torch.zeros(1, 1, 32, 32))
     assert y.shape == (1, 1, 32, 32) and float(y.abs().max()) <= 1.0
+
+
+def test_bone_window_discriminator_sees_bone_as_its_own_channel():
+    from mrict.data.intensity import hu_to_unit
+    from mrict.translation.networks import CycleDiscriminators, bone_window
+
+    hu = torch.tensor([-1000.0, 30.0, 200.0, 1100.0, 2000.0, 2800.0]).view(1, 1, 1, 6)
+    w = bone_window(hu_to_unit(hu, "soft_tissue"), "soft_tissue")
+    assert w.flatten().tolist() == pytest.approx([-1, -1, -1, 0, 1, 1], abs=1e-5)
+    # the same HU in the linear map give the same window
+    assert torch.allclose(bone_window(hu_to_unit(hu, "linear"), "linear"), w, atol=1e-5)
+    d = init_weights(CycleDiscriminators(4, 2, "soft_tissue"))
+    assert d.d_ct.arch["in_ch"] == 2 and d.d_mr.arch["in_ch"] == 1
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    s_mr, s_ct = d(x, x)
+    assert s_ct.shape == s_mr.shape == CycleDiscriminators(4, 2)(x, x)[1].shape
+    # the generator's CT gets a gradient through the window too
+    x.requires_grad_(True)
+    d(x, x)[1].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_bone_window_option_trains(tmp_path, data):
+    run = _train(tmp_path, data, "bone", d_bone_window=True, iterations=1)
+    assert "d_bone_window: true" in (run / "config.yaml").read_text()
+    assert np.isfinite(_losses(run)["D_ct"]).all()

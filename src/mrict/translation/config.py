@@ -53,6 +53,8 @@ class GanConfig:
     ct_map: CtMap = "soft_tissue"
     ndf: int = 64
     n_layers_d: int = 3
+    #: the CT discriminator also sees a bone window (HU 200-2000) of each image
+    d_bone_window: bool = False
     # optimisation
     batch_size: int = 1
     lr: float = 2e-4

@@ -169,22 +169,47 @@ class CycleGenerators(nn.Module):
         return out
 
 
-class CycleDiscriminators(nn.Module):
-    """Both discriminators: ``d_mr`` judges MR images, ``d_ct`` judges CT images."""
+#: the bone window a CT discriminator may see beside the image: HU in [200, 2000] -> [-1, 1]
+BONE_WINDOW_HU = (200.0, 2000.0)
 
-    def __init__(self, ndf: int, n_layers: int) -> None:
+
+def bone_window(ct: torch.Tensor, ct_map: str) -> torch.Tensor:
+    """(B, 1, H, W) CT in the network map ``ct_map`` -> the same slices through
+    :data:`BONE_WINDOW_HU` in [-1, 1] (soft tissue and air -1, dense bone 1), in fp32."""
+    from mrict.data.intensity import unit_to_hu
+
+    lo, hi = BONE_WINDOW_HU
+    hu = unit_to_hu(ct.float().clamp(-1, 1), ct_map)
+    return ((hu - lo) / (hi - lo)).clamp(0, 1) * 2 - 1
+
+
+class CycleDiscriminators(nn.Module):
+    """Both discriminators: ``d_mr`` judges MR images, ``d_ct`` judges CT images. With
+    ``ct_bone_window`` (the CT network map's name) ``d_ct`` sees two channels, the image
+    and its :func:`bone_window`, so that bone intensity errors, which the soft-tissue map
+    compresses, are as visible to it as soft-tissue ones."""
+
+    def __init__(self, ndf: int, n_layers: int, ct_bone_window: str | None = None) -> None:
         super().__init__()
+        self.ct_bone_window = ct_bone_window
         self.d_mr = PatchDiscriminator(1, ndf, n_layers)
-        self.d_ct = PatchDiscriminator(1, ndf, n_layers)
+        self.d_ct = PatchDiscriminator(2 if ct_bone_window else 1, ndf, n_layers)
 
     def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ct_bone_window:
+            ct = torch.cat([ct, bone_window(ct, self.ct_bone_window).to(ct.dtype)], dim=1)
         return self.d_mr(mr), self.d_ct(ct)
 
 
 def build_models(
-    ngf: int, n_blocks: int, ndf: int, n_layers_d: int, upsample: Upsample = "resize"
+    ngf: int,
+    n_blocks: int,
+    ndf: int,
+    n_layers_d: int,
+    upsample: Upsample = "resize",
+    ct_bone_window: str | None = None,
 ) -> tuple[CycleGenerators, CycleDiscriminators]:
     """Freshly initialised generators and discriminators (uses the global torch RNG)."""
     gens = init_weights(CycleGenerators(ngf, n_blocks, upsample))
-    discs = init_weights(CycleDiscriminators(ndf, n_layers_d))
+    discs = init_weights(CycleDiscriminators(ndf, n_layers_d, ct_bone_window))
     return gens, discs  # type: ignore[return-value]

@@ -75,7 +75,14 @@ def build_parts(
     rank: int,
 ) -> GanParts:
     """Models and optimisers for ``total`` steps on ``rank`` (seed the RNGs first)."""
-    gens, discs = build_models(cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.n_layers_d, cfg.upsample)
+    gens, discs = build_models(
+        cfg.ngf,
+        cfg.n_blocks,
+        cfg.ndf,
+        cfg.n_layers_d,
+        cfg.upsample,
+        cfg.ct_map if cfg.d_bone_window else None,
+    )
     gens.to(device)
     discs.to(device)
     # tumour-aware terms: only where some train slices carry a mask
