@@ -4,7 +4,6 @@ prefers generators which carry the tumour across, and what the trainer records."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -102,13 +101,18 @@ def test_selection_csv_takes_rows_written_before_the_ratios(monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("carried", [False, True, None])
-def test_train_gan_warns_when_its_generators_lose_the_tumour(monkeypatch, capsys, carried) -> None:
+def test_train_gan_warns_when_its_generators_lose_the_tumour(
+    monkeypatch, capsys, tmp_path, carried
+) -> None:
     import mrict.translation.translate as translate
     from mrict.commands.translation import _warn_if_tumour_lost
 
     sel = {"carried": carried, "mr2ct_contrast_ratio": -0.31, "ct2mr_contrast_ratio": 0.6}
     monkeypatch.setattr(translate, "read_run_meta", lambda run: {"selection": sel})
-    _warn_if_tumour_lost(Path("run"))
+    _warn_if_tumour_lost(tmp_path / "missing")  # no run written (e.g. not rank 0): silent
+    assert capsys.readouterr().err == ""
+    (tmp_path / "generators.json").write_text("{}")
+    _warn_if_tumour_lost(tmp_path)
     err = capsys.readouterr().err
     if carried is False:
         assert "no checkpoint of this run carries the tumour" in err

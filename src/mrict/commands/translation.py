@@ -72,6 +72,8 @@ def _warn_if_tumour_lost(run: Path) -> None:
     from mrict.translation.selection import CARRIED_MIN_RATIO
     from mrict.translation.translate import read_run_meta
 
+    if not (run / "generators.json").is_file():
+        return
     sel = read_run_meta(run).get("selection") or {}
     if sel.get("carried") is False:
 
