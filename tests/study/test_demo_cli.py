@@ -50,5 +50,8 @@ def test_study_argument_errors(tmp_path: Path, capsys) -> None:
     assert run(["study", str(data), "--out", str(tmp_path / "s"), "--seeds", "0"]) == 2
     assert run(["study", str(data), "--out", str(tmp_path / "s"), "--label-fraction", "x"]) == 2
     assert run(["study", str(data), "--out", str(data)]) == 2
+    assert run(["study", str(data), "--out", str(tmp_path / "s"), "--translator-tries", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 3
+    assert err.count("error:") == 4
+    assert "--translator-tries must be at least 1" in err
+    assert not (tmp_path / "s").exists()  # refused before any work

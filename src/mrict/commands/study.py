@@ -72,7 +72,6 @@ def study_command(
     translator_tries: int = typer.Option(
         DEFAULT_TRANSLATOR_TRIES,
         "--translator-tries",
-        min=1,
         help="CycleGANs trained at most (seeds SEED, SEED+1, ...) until one carries the "
         "tumour across on DATA/paired_val (translated tumour-to-brain contrast at least a "
         "quarter of the real one, both directions); the report records every attempt. "
@@ -97,6 +96,8 @@ def study_command(
 
     if seeds is not None and seeds < 1:
         raise MrictError("--seeds must be at least 1")
+    if translator_tries < 1:
+        raise MrictError("--translator-tries must be at least 1")
     t0 = time.time()
     study = run_study(
         data,
