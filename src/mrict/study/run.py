@@ -4,7 +4,8 @@ label fraction), score them all on the same target test patients and write resul
 statistics, figures and the HTML report.
 
 Study folder: ``study.json`` (marks the folder as a study), ``gan/`` (unless ``gan_run``
-is given), ``runs/<TARGET>/<scenario>[_f<F>]/seed<S>/`` (self-training runs also hold
+is given) and ``gan_seed<S>/`` for each translator the check retrained
+(:mod:`mrict.study.translator`), ``runs/<TARGET>/<scenario>[_f<F>]/seed<S>/`` (self-training runs also hold
 ``pseudo_labels.{npz,json}``),
 ``translated/`` (the translated source sets), ``stages/train.json`` (every segmenter's
 test rows), ``results.csv`` (one row per target, scenario and label fraction),

@@ -156,7 +156,7 @@ def selection_rank(scores: dict[str, object]) -> tuple[bool, float]:
 @torch.no_grad()
 def score_generators(
     mr2ct: torch.nn.Module, ct2mr: torch.nn.Module, val: PairedValidation, batch: int = 32
-) -> dict[str, float]:
+) -> dict[str, float | bool | None]:
     """The validation errors of both generators, ``score``, the two contrast ratios and
     ``carried`` (see the module doc)."""
     device = next(mr2ct.parameters()).device
