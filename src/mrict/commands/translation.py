@@ -69,23 +69,18 @@ def train_gan_command(
 
 def _warn_if_tumour_lost(run: Path) -> None:
     """Say on stderr when the selected generators lose the tumour on paired_val."""
-    from mrict.translation.selection import CARRIED_MIN_RATIO
+    from mrict.translation.selection import CARRIED_MIN_RATIO, ratios_text
     from mrict.translation.translate import read_run_meta
 
     if not (run / "generators.json").is_file():
         return
     sel = read_run_meta(run).get("selection") or {}
     if sel.get("carried") is False:
-
-        def f(x: object) -> str:
-            return "n/a" if x is None else f"{float(x):.2f}"  # type: ignore[arg-type]
-
         typer.echo(
             "warning: on paired_val no checkpoint of this run carries the tumour across "
-            f"(tumour contrast ratio MR->CT {f(sel.get('mr2ct_contrast_ratio'))}, CT->MR "
-            f"{f(sel.get('ct2mr_contrast_ratio'))}; at least {CARRIED_MIN_RATIO:g} in both "
-            "directions expected): its translations lose or invert the lesion. Train again "
-            "with another --seed (see RUN/selection.csv).",
+            f"({ratios_text(sel)}; at least {CARRIED_MIN_RATIO:g} in both directions "
+            "expected): its translations lose or invert the lesion. Train again with "
+            "another --seed (see RUN/selection.csv).",
             err=True,
         )
 

@@ -59,16 +59,6 @@ def attempt_record(run: Path, meta: dict[str, Any], seed: int | None) -> dict[st
     }
 
 
-def _ratios(rec: dict[str, Any]) -> str:
-    def f(x: Any) -> str:
-        return "n/a" if x is None else f"{float(x):.2f}"
-
-    return (
-        f"tumour contrast ratio MR->CT {f(rec['mr2ct_contrast_ratio'])}, "
-        f"CT->MR {f(rec['ct2mr_contrast_ratio'])}"
-    )
-
-
 def study_translator(
     data: Path,
     out: Path,
@@ -83,7 +73,7 @@ def study_translator(
     ``{"tries": N, "attempts": [attempt_record, ...], "chosen": index, "carried": bool |
     None}``. ``gan_run`` given: that run, checked but never retrained."""
     from mrict.translation.config import GAN_PRESETS, GanConfig
-    from mrict.translation.selection import CARRIED_MIN_RATIO
+    from mrict.translation.selection import CARRIED_MIN_RATIO, ratios_text
     from mrict.translation.trainer import train_cyclegan
     from mrict.translation.translate import read_run_meta
 
@@ -96,7 +86,7 @@ def study_translator(
         if rec["carried"] is False:
             _log(
                 f"warning: the given CycleGAN run does not carry the tumour across on "
-                f"paired_val ({_ratios(rec)}; {need}); the translated scenarios rest on it"
+                f"paired_val ({ratios_text(rec)}; {need}); the translated scenarios rest on it"
             )
         return (
             gan_run,
@@ -134,7 +124,7 @@ def study_translator(
         more = k + 1 < tries
         _log(
             f"the CycleGAN trained with seed {run_seed} does not carry the tumour across on "
-            f"paired_val ({_ratios(rec)}; {need})"
+            f"paired_val ({ratios_text(rec)}; {need})"
             + (f"; training another with seed {run_seed + 1}" if more else "")
         )
     ok = [i for i, r in enumerate(attempts) if r["carried"] is not False]

@@ -21,6 +21,7 @@ from mrict.translation.data import UnpairedData
 from mrict.translation.lesion import masked_seg_loss
 from mrict.translation.networks import CycleGenerators
 from mrict.translation.selection import score_generators, selection_rank
+from mrict.translation.train_state import best_entry
 
 SELECTION_CSV = "selection.csv"
 
@@ -111,14 +112,7 @@ def select(
     (:func:`selection_rank`: those that carry the tumour first, then the lowest score) in
     ``best`` and (``run_dir`` given) rewrite RUN/selection.csv."""
     scores = score_generators(gens.mr2ct, gens.ct2mr, val)
-    previous = next(
-        (
-            h
-            for h in best["history"]
-            if best["state"] is not None and h["iteration"] == best["iteration"]
-        ),
-        None,
-    )
+    previous = best_entry(best)
     best["history"].append({"iteration": iteration, **scores})
     new_rank = selection_rank(scores)
     if math.isfinite(new_rank[1]) and (previous is None or new_rank < selection_rank(previous)):

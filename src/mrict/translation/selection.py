@@ -146,6 +146,19 @@ def carries_tumour(scores: dict[str, object]) -> bool | None:
     return all(float(r) >= CARRIED_MIN_RATIO for r in ratios)  # type: ignore[arg-type]
 
 
+def ratios_text(scores: dict[str, object]) -> str:
+    """``tumour contrast ratio MR->CT 0.70, CT->MR 0.60`` ("n/a" for a missing ratio), for
+    messages about :func:`carries_tumour`."""
+
+    def f(x: object) -> str:
+        return "n/a" if x is None else f"{float(x):.2f}"  # type: ignore[arg-type]
+
+    return (
+        f"tumour contrast ratio MR->CT {f(scores.get('mr2ct_contrast_ratio'))}, "
+        f"CT->MR {f(scores.get('ct2mr_contrast_ratio'))}"
+    )
+
+
 def selection_rank(scores: dict[str, object]) -> tuple[bool, float]:
     """Sort key of a scored checkpoint, lower is better: those that do not carry the
     tumour (``carries_tumour`` False) after all others, then by ``score`` (NaN last)."""

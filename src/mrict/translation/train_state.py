@@ -66,6 +66,14 @@ class GanParts:
     )
 
 
+def best_entry(best: dict[str, Any]) -> dict[str, Any] | None:
+    """The selection history's row of the generators kept in ``best`` (None when none are
+    kept yet)."""
+    if best["state"] is None:
+        return None
+    return next((h for h in best["history"] if h["iteration"] == best["iteration"]), None)
+
+
 def build_parts(
     cfg: GanConfig,
     data: UnpairedData,
@@ -242,14 +250,7 @@ def save_results(
             "lesion_reference": {k: v.as_dict() if v else None for k, v in parts.refs.items()},
         },
     }
-    chosen = next(
-        (
-            h
-            for h in best["history"]
-            if best["state"] is not None and h["iteration"] == best["iteration"]
-        ),
-        {},
-    )
+    chosen = best_entry(best) or {}
     selection = {
         "on": "paired_val" if val is not None else None,
         "iteration": best["iteration"] if best["state"] is not None else iteration,
