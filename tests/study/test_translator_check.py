@@ -87,6 +87,14 @@ def test_an_unchecked_translator_is_used_as_it_is(tmp_path, monkeypatch, capsys)
     assert "not checked (used)" in translator_check_note({"translator_check": check})
 
 
+def test_a_validation_set_without_tumour_cannot_check(tmp_path, monkeypatch, capsys) -> None:
+    no_tumour = {"mr2ct_contrast_ratio": None, "ct2mr_contrast_ratio": None, "carried": None}
+    trained = _fake_training(monkeypatch, {3: no_tumour}, {3: 0.4})
+    _, _, check = _translator(tmp_path, seed=3)
+    assert trained == [3] and check["carried"] is None
+    assert "no tumour in the paired validation set" in capsys.readouterr().err
+
+
 def test_a_given_run_is_checked_but_never_retrained(tmp_path, monkeypatch, capsys) -> None:
     trained = _fake_training(monkeypatch, {7: LOST}, {7: 0.5})
     import mrict.translation.trainer as trainer

@@ -114,11 +114,13 @@ def study_translator(
         rec = attempt_record(gan_dir, meta, run_seed)
         attempts.append(rec)
         metas.append(meta)
-        if rec["carried"] is None and rec["checked_on"] is None:
-            _log(
-                "no paired validation set (DATA/paired_val): whether the translator carries "
-                "the tumour across is not checked"
+        if rec["carried"] is None:
+            why = (
+                "no paired validation set (DATA/paired_val)"
+                if rec["checked_on"] is None
+                else "no tumour in the paired validation set (DATA/paired_val/mask)"
             )
+            _log(f"{why}: whether the translator carries the tumour across is not checked")
         if rec["carried"] is not False:
             break
         more = k + 1 < tries
