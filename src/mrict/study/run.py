@@ -43,18 +43,12 @@ from mrict.study.stages import (
     stage_train,
     stage_translate,
 )
-from mrict.study.translator import DEFAULT_TRANSLATOR_TRIES, study_translator
+from mrict.study.translator import DEFAULT_TRANSLATOR_TRIES, log, study_translator
 
 #: scenarios that use target labels (and so depend on the label fraction)
 USES_TARGET_LABELS = tuple(k for k, s in REGISTRY.items() if s.uses_target_labels)
 #: written first into every study folder: a later run recognises the folder as its own
 STUDY_MARKER = "study.json"
-
-
-def _log(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
 
 
 def is_study_folder(out: Path) -> bool:
@@ -128,7 +122,7 @@ def run_study(
     # segmentation options: preset <- YAML file ``seg_config`` <- ``seg_overrides``
     cfg = resolve_config(SegConfig, SEG_PRESETS, preset, seg_config, seg_overrides or {})
     _start_folder(out, data, preset)
-    stage = on_stage or _log
+    stage = on_stage or log
 
     # 1. the CycleGAN, trained on the train split (split seed 0) only
     gan_dir, gan_meta, translator_check = study_translator(

@@ -33,7 +33,8 @@ STUDY_GAN_DEFAULTS: dict[str, Any] = {"use_target_masks": False}
 DEFAULT_TRANSLATOR_TRIES = 3
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """One line of study progress on stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -84,7 +85,7 @@ def study_translator(
         meta = read_run_meta(gan_run)
         rec = attempt_record(gan_run, meta, (meta.get("config") or {}).get("seed"))
         if rec["carried"] is False:
-            _log(
+            log(
                 f"warning: the given CycleGAN run does not carry the tumour across on "
                 f"paired_val ({ratios_text(rec)}; {need}); the translated scenarios rest on it"
             )
@@ -102,7 +103,7 @@ def study_translator(
         if not (gan_dir / "generators.json").is_file():
             overrides = {**STUDY_GAN_DEFAULTS, **(gan_overrides or {}), "seed": run_seed}
             cfg = resolve_config(GanConfig, GAN_PRESETS, preset, None, overrides)
-            _log(f"training the CycleGAN ({preset} preset, seed {run_seed}) -> {gan_dir}")
+            log(f"training the CycleGAN ({preset} preset, seed {run_seed}) -> {gan_dir}")
             train_cyclegan(
                 data,
                 gan_dir,
@@ -120,11 +121,11 @@ def study_translator(
                 if rec["checked_on"] is None
                 else "no tumour in the paired validation set (DATA/paired_val/mask)"
             )
-            _log(f"{why}: whether the translator carries the tumour across is not checked")
+            log(f"{why}: whether the translator carries the tumour across is not checked")
         if rec["carried"] is not False:
             break
         more = k + 1 < tries
-        _log(
+        log(
             f"the CycleGAN trained with seed {run_seed} does not carry the tumour across on "
             f"paired_val ({ratios_text(rec)}; {need})"
             + (f"; training another with seed {run_seed + 1}" if more else "")
@@ -135,7 +136,7 @@ def study_translator(
     else:
         scores = [r["score"] if r["score"] is not None else math.inf for r in attempts]
         chosen = min(range(len(attempts)), key=scores.__getitem__)
-        _log(
+        log(
             f"warning: none of the {len(attempts)} CycleGANs carries the tumour across on "
             f"paired_val; the study goes on with seed {attempts[chosen]['seed']} (lowest "
             "selection score), and its translated scenarios (3)-(5) rest on a translator that "

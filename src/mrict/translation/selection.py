@@ -18,7 +18,7 @@ of whose checkpoints carries it is flagged (``carried: false``) so that whoever 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,10 @@ class PairedValidation:
     tumour: np.ndarray
     baseline: dict[str, float]
     ct_map: str = DEFAULT_CT_MAP
-    regions: list[Regions] | None = None
+    regions: list[Regions] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.regions = [lesion_regions(c, t) for c, t in zip(self.ct_hu, self.tumour, strict=True)]
 
     def __len__(self) -> int:
         return int(self.mr.shape[0])
@@ -93,7 +96,6 @@ def load_paired_validation(
         tumour & head,
         {},
         ct_map,
-        [lesion_regions(c, t) for c, t in zip(ct_hu, tumour & head, strict=True)],
     )
     ct_quantiles = remap_ct(np.asarray(quantiles["CT"]), DEFAULT_CT_MAP, ct_map)
     hist_ct = histogram_baseline(mr, ct_quantiles)
@@ -124,8 +126,6 @@ def _contrast_ratios(
 ) -> dict[str, float | None]:
     """Tumour-to-brain contrast ratio of translations (N, S, S) in [-1, 1], per direction."""
     regions = val.regions
-    if regions is None:
-        regions = [lesion_regions(c, t) for c, t in zip(val.ct_hu, val.tumour, strict=True)]
     fake_hu = unit_to_hu(np.clip(fake_ct, -1, 1), val.ct_map)
     mr = val.mr[:, 0].numpy()
     return {
